@@ -1,0 +1,3 @@
+from warmgw.cli import main
+
+raise SystemExit(main())

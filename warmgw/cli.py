@@ -1,0 +1,70 @@
+"""The `warmgw` command: serve, sim, demo."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from warmgw import logs
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from warmgw.app import serve_forever
+    from warmgw.config import ConfigError, load
+
+    try:
+        config = load(args.config)
+    except ConfigError as e:
+        print(f"warmgw: bad config: {e}", file=sys.stderr)
+        return 2
+    uvloop.run(serve_forever(config))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from warmgw.demo import run
+
+    return run(args)
+
+
+def _sim(args: argparse.Namespace) -> int:
+    from warmgw.sim import cli as sim_cli
+
+    return sim_cli.run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from warmgw.sim import cli as sim_cli
+
+    parser = argparse.ArgumentParser(
+        prog="warmgw", description="A warm-aware OpenAI-compatible gateway for vLLM fleets."
+    )
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    parser.add_argument("--log-json", action="store_true", help="log JSON lines")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the gateway")
+    p.add_argument("--config", "-c", required=True, help="YAML config file")
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("sim", help="run simulated vLLM replicas")
+    sim_cli.add_arguments(p)
+    p.set_defaults(func=_sim)
+
+    p = sub.add_parser("demo", help="simulated replicas + the gateway + client traffic")
+    p.add_argument("--seconds", type=float, default=40.0, help="how long the traffic runs")
+    p.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logs.setup(args.log_level, args.log_json)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+
+

@@ -1,0 +1,271 @@
+"""The gateway's configuration: read once from YAML, validated, frozen.
+
+Every error names the key and the bad value: `replicas[2].url: expected http://host:port,
+got 'localhost'`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import yaml
+
+from warmgw.core.model import EndpointSpec
+from warmgw.core.ramp import RampParams, SlowStartParams
+from warmgw.core.registry import LifecycleParams, OutlierParams, Strategy
+from warmgw.core.stats import FleetParams
+from warmgw.core.warm import OnDeadline, WarmProfile
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamParams:
+    connect_timeout: float = 2.0
+    read_timeout: float = 300.0  # between two chunks, not for the whole response
+    max_body_bytes: int = 8 * 1024 * 1024
+    retries: int = 2  # other replicas tried when a connection cannot be made
+
+
+@dataclass(frozen=True, slots=True)
+class HealthParams:
+    interval: float = 1.0
+    timeout: float = 2.0
+    probe_backoff_max: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class AdminParams:
+    host: str = "127.0.0.1"
+    port: int = 8001
+    token: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    listen: Listen = field(default_factory=Listen)
+    admin: AdminParams = field(default_factory=AdminParams)
+    upstream: UpstreamParams = field(default_factory=UpstreamParams)
+    health: HealthParams = field(default_factory=HealthParams)
+    lifecycle: LifecycleParams = field(default_factory=LifecycleParams)
+    warmup: WarmProfile = field(default_factory=WarmProfile)
+    replicas: tuple[EndpointSpec, ...] = ()
+    active_pool: str | None = None
+    state_file: str | None = None
+    source: str | None = None  # the file it was read from, for reloads
+
+    @property
+    def pools(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for r in self.replicas:
+            seen.setdefault(r.pool, None)
+        return list(seen)
+
+
+T = TypeVar("T")
+
+
+def _section(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    v = data.get(key, {})
+    if v is None:
+        return {}
+    if not isinstance(v, Mapping):
+        raise ConfigError(f"{key}: expected a mapping, got {v!r}")
+    return v
+
+
+def _build(cls: type[T], data: Mapping[str, Any], where: str) -> T:
+    """A frozen dataclass from a mapping, checking names and types against its defaults."""
+    names = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+    defaults = cls()
+    kwargs: dict[str, Any] = {}
+    for key, raw in data.items():
+        if key not in names:
+            known = ", ".join(sorted(names))
+            raise ConfigError(f"{where}.{key}: unknown key (known: {known})")
+        default = getattr(defaults, key)
+        kwargs[key] = _coerce(raw, default, f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def _coerce(raw: Any, default: Any, where: str) -> Any:
+    if isinstance(default, bool):
+        if not isinstance(raw, bool):
+            raise ConfigError(f"{where}: expected true or false, got {raw!r}")
+        return raw
+    if isinstance(default, OnDeadline | Strategy):
+        try:
+            return type(default)(raw)
+        except ValueError:
+            allowed = ", ".join(m.value for m in type(default))
+            raise ConfigError(f"{where}: expected one of {allowed}, got {raw!r}") from None
+    if isinstance(default, int) and not isinstance(default, bool):
+        if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
+            raise ConfigError(f"{where}: expected a whole number >= 0, got {raw!r}")
+        return raw
+    if isinstance(default, float):
+        if isinstance(raw, bool) or not isinstance(raw, int | float) or raw < 0:
+            raise ConfigError(f"{where}: expected a number >= 0, got {raw!r}")
+        return float(raw)
+    if isinstance(default, tuple):
+        if not isinstance(raw, list) or not raw:
+            raise ConfigError(f"{where}: expected a non-empty list, got {raw!r}")
+        return tuple(_coerce(x, default[0], f"{where}[{i}]") for i, x in enumerate(raw))
+    if isinstance(default, str) or default is None:
+        if not isinstance(raw, str) or not raw:
+            raise ConfigError(f"{where}: expected a non-empty string, got {raw!r}")
+        return raw
+    raise ConfigError(f"{where}: cannot read {raw!r}")
+
+
+def _url(raw: Any, where: str) -> str:
+    if not isinstance(raw, str):
+        raise ConfigError(f"{where}: expected http://host:port, got {raw!r}")
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{where}: expected http://host:port, got {raw!r}")
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise ConfigError(f"{where}: bad port in {raw!r}") from None
+    if parts.path not in ("", "/"):
+        raise ConfigError(f"{where}: give the replica's root URL without a path, got {raw!r}")
+    return raw.rstrip("/")
+
+
+def parse_replicas(raw: Any, where: str = "replicas") -> tuple[EndpointSpec, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ConfigError(f"{where}: expected a list of replicas, got {raw!r}")
+    specs: list[EndpointSpec] = []
+    names: set[str] = set()
+    for i, item in enumerate(raw):
+        at = f"{where}[{i}]"
+        if isinstance(item, str):
+            item = {"url": item}
+        if not isinstance(item, Mapping):
+            raise ConfigError(f"{at}: expected a mapping with url, got {item!r}")
+        unknown = set(item) - {"name", "url", "pool", "model"}
+        if unknown:
+            bad = sorted(unknown)[0]
+            raise ConfigError(f"{at}.{bad}: unknown key (known: model, name, pool, url)")
+        url = _url(item.get("url"), f"{at}.url")
+        name = item.get("name", urlsplit(url).netloc)
+        pool = item.get("pool", "default")
+        model = item.get("model")
+        for key, v in (("name", name), ("pool", pool)):
+            if not isinstance(v, str) or not v:
+                raise ConfigError(f"{at}.{key}: expected a non-empty string, got {v!r}")
+        if model is not None and (not isinstance(model, str) or not model):
+            raise ConfigError(f"{at}.model: expected a non-empty string, got {model!r}")
+        if name in names:
+            raise ConfigError(f"{at}.name: {name!r} is used twice")
+        names.add(name)
+        specs.append(EndpointSpec(name, url, pool, model))
+    return tuple(specs)
+
+
+KNOWN = {
+    "listen", "admin", "upstream", "health", "strategy", "ramp", "slow_start", "outlier",
+    "fleet", "warmup", "replicas", "policy", "state_file",
+}
+
+
+def parse(data: Any, source: str | None = None) -> Config:
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"the config must be a mapping at the top, got {data!r}")
+    for key in data:
+        if key not in KNOWN:
+            raise ConfigError(f"{key}: unknown key (known: {', '.join(sorted(KNOWN))})")
+    strategy = _coerce(data.get("strategy", "warm"), Strategy.WARM, "strategy")
+    lifecycle = LifecycleParams(
+        strategy=strategy,
+        ramp=_build(RampParams, _section(data, "ramp"), "ramp"),
+        slow_start=_build(SlowStartParams, _section(data, "slow_start"), "slow_start"),
+        outlier=_build(OutlierParams, _section(data, "outlier"), "outlier"),
+        fleet=_build(FleetParams, _section(data, "fleet"), "fleet"),
+    )
+    admin = _build(AdminParams, _section(data, "admin"), "admin")
+    if admin.token is None and os.environ.get("WARMGW_ADMIN_TOKEN"):
+        admin = AdminParams(admin.host, admin.port, os.environ["WARMGW_ADMIN_TOKEN"])
+    policy = _section(data, "policy")
+    active = policy.get("active")
+    if active is not None and (not isinstance(active, str) or not active):
+        raise ConfigError(f"policy.active: expected a pool name, got {active!r}")
+    state_file = data.get("state_file")
+    if state_file is not None and not isinstance(state_file, str):
+        raise ConfigError(f"state_file: expected a path, got {state_file!r}")
+    cfg = Config(
+        listen=_build(Listen, _section(data, "listen"), "listen"),
+        admin=admin,
+        upstream=_build(UpstreamParams, _section(data, "upstream"), "upstream"),
+        health=_build(HealthParams, _section(data, "health"), "health"),
+        lifecycle=lifecycle,
+        warmup=_build(WarmProfile, _section(data, "warmup"), "warmup"),
+        replicas=parse_replicas(data.get("replicas")),
+        active_pool=active,
+        state_file=state_file,
+        source=source,
+    )
+    _check(cfg)
+    return cfg
+
+
+def _check(cfg: Config) -> None:
+    r = cfg.lifecycle.ramp
+    if not 0.0 < r.initial_weight <= 1.0:
+        raise ConfigError(f"ramp.initial_weight: expected 0 < w <= 1, got {r.initial_weight}")
+    if not 0.0 < r.min_weight <= r.initial_weight:
+        raise ConfigError(f"ramp.min_weight: expected 0 < w <= initial_weight, got {r.min_weight}")
+    if r.doubling_time <= 0:
+        raise ConfigError(f"ramp.doubling_time: expected > 0, got {r.doubling_time}")
+    if not 0.0 < r.shrink < 1.0:
+        raise ConfigError(f"ramp.shrink: expected 0 < shrink < 1, got {r.shrink}")
+    s = cfg.lifecycle.slow_start
+    if s.window <= 0 or s.aggression <= 0:
+        raise ConfigError(f"slow_start: window and aggression must be > 0, got {s}")
+    w = cfg.warmup
+    for kind in w.kinds:
+        if kind not in ("chat", "completions"):
+            raise ConfigError(f"warmup.kinds: expected chat or completions, got {kind!r}")
+    for name, values in (("prompt_lengths", w.prompt_lengths), ("max_tokens", w.max_tokens),
+                         ("concurrency", w.concurrency)):
+        if any(v < 1 for v in values):
+            raise ConfigError(f"warmup.{name}: every value must be >= 1, got {list(values)}")
+    if w.max_rounds < 1 or w.max_concurrent < 1:
+        raise ConfigError("warmup.max_rounds and warmup.max_concurrent must be >= 1")
+    if not 1 <= cfg.listen.port <= 65535 and cfg.listen.port != 0:
+        raise ConfigError(f"listen.port: expected 0-65535, got {cfg.listen.port}")
+    if cfg.active_pool is not None and cfg.replicas and cfg.active_pool not in cfg.pools:
+        raise ConfigError(
+            f"policy.active: pool {cfg.active_pool!r} has no replica (pools: {cfg.pools})"
+        )
+
+
+def load(path: str | Path) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read config {str(p)!r}: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    return parse(data, source=str(p))

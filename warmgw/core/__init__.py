@@ -1,0 +1,1 @@
+"""Pure logic: no aiohttp, kubernetes or prometheus imports; time and randomness injected."""

@@ -1,0 +1,111 @@
+"""Endpoints and the immutable snapshots the proxy picks from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from warmgw.core.lifecycle import State
+from warmgw.core.ramp import LatencyRamp, SlowStart
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointSpec:
+    """What discovery says about a replica: its identity, address and pool."""
+
+    name: str
+    url: str
+    pool: str = "default"
+    model: str | None = None  # None: learn it from /v1/models
+
+
+class Endpoint:
+    """One replica as the registry tracks it. Membership changes go through the Registry;
+    the proxy only touches `inflight` and the counters."""
+
+    __slots__ = (
+        "consecutive_errors",
+        "ejections",
+        "errors",
+        "inflight",
+        "max_model_len",
+        "models",
+        "ramp",
+        "ratio",
+        "ratio_n",
+        "reason",
+        "removed",
+        "requests",
+        "retry_at",
+        "since",
+        "spec",
+        "start_marker",
+        "state",
+        "url",
+        "warm_reference",
+        "warm_rounds",
+    )
+
+    def __init__(self, spec: EndpointSpec, now: float) -> None:
+        self.spec = spec
+        self.url = spec.url.rstrip("/")
+        self.state = State.DISCOVERED
+        self.since = now
+        self.reason = "discovered"
+        self.models: frozenset[str] = frozenset({spec.model} if spec.model else ())
+        self.max_model_len: int | None = None
+        self.start_marker: float | None = None  # process_start_time_seconds, when exported
+        self.inflight = 0
+        self.requests = 0
+        self.errors = 0
+        self.consecutive_errors = 0
+        self.ejections = 0
+        self.retry_at = 0.0
+        self.ramp: LatencyRamp | SlowStart | None = None
+        self.ratio: float | None = None  # EWMA of latency over the fleet's, same shapes
+        self.ratio_n = 0
+        self.removed = False  # discovery no longer lists it: gone once drained
+        self.warm_reference: dict[str, float] = {}
+        self.warm_rounds = 0
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def pool(self) -> str:
+        return self.spec.pool
+
+    def weight(self, now: float) -> float:
+        ramp = self.ramp
+        return 1.0 if ramp is None else ramp.weight(now)
+
+    def __repr__(self) -> str:
+        return f"Endpoint({self.name!r}, {self.state}, inflight={self.inflight})"
+
+
+class Group:
+    """The routable endpoints of one pool for one model, and that pool's traffic share."""
+
+    __slots__ = ("endpoints", "pool", "rr", "share", "uniform")
+
+    def __init__(self, pool: str, share: float, endpoints: tuple[Endpoint, ...]) -> None:
+        self.pool = pool
+        self.share = share
+        self.endpoints = endpoints
+        self.uniform = all(e.ramp is None for e in endpoints)
+        self.rr = 0  # round-robin cursor, for the naive baseline
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where requests for one model may go: one group per pool with a share > 0."""
+
+    groups: tuple[Group, ...]
+    total_share: float
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    version: int
+    routes: dict[str, Route] = field(default_factory=dict)
+    known_models: frozenset[str] = frozenset()

@@ -1,0 +1,81 @@
+"""Pick an endpoint for one request from the current snapshot.
+
+Weighted least-outstanding-requests with the power of two choices: draw two candidates
+(with probability proportional to weight), keep the one with fewer in-flight requests per
+unit of weight. Weights are read at pick time, so a ramping endpoint's weight is never
+stale. The naive baseline (`round_robin`) ignores weights and load.
+"""
+
+from __future__ import annotations
+
+import random
+from bisect import bisect_right
+from collections.abc import Collection, Sequence
+from itertools import accumulate
+
+from warmgw.core.model import Endpoint, Group, Route
+
+
+def choose_group(route: Route, rng: random.Random) -> Group:
+    groups = route.groups
+    if len(groups) == 1:
+        return groups[0]
+    x = rng.random() * route.total_share
+    for g in groups:
+        x -= g.share
+        if x < 0.0:
+            return g
+    return groups[-1]
+
+
+def least_loaded(
+    endpoints: Sequence[Endpoint], uniform: bool, rng: random.Random, now: float
+) -> Endpoint:
+    n = len(endpoints)
+    if n == 1:
+        return endpoints[0]
+    if uniform:
+        i = rng.randrange(n)
+        j = rng.randrange(n - 1)
+        if j >= i:
+            j += 1
+        a, b = endpoints[i], endpoints[j]
+        return b if b.inflight < a.inflight else a
+    weights = [e.weight(now) for e in endpoints]
+    cum = list(accumulate(weights))
+    total = cum[-1]
+    a = endpoints[min(bisect_right(cum, rng.random() * total), n - 1)]
+    b = endpoints[min(bisect_right(cum, rng.random() * total), n - 1)]
+    if a is b:
+        return a
+    wa, wb = a.weight(now), b.weight(now)
+    return b if (b.inflight + 1) * wa < (a.inflight + 1) * wb else a
+
+
+def round_robin(group: Group) -> Endpoint:
+    eps = group.endpoints
+    group.rr = (group.rr + 1) % len(eps)
+    return eps[group.rr]
+
+
+def pick(
+    route: Route,
+    rng: random.Random,
+    now: float,
+    exclude: Collection[Endpoint] = (),
+    naive: bool = False,
+) -> Endpoint | None:
+    """One endpoint for a request, or None when every candidate is excluded."""
+    group = choose_group(route, rng)
+    eps: Sequence[Endpoint] = group.endpoints
+    if exclude:
+        eps = [e for e in eps if e not in exclude]
+        if not eps:
+            others = [e for g in route.groups for e in g.endpoints if e not in exclude]
+            if not others:
+                return None
+            eps = others
+        return least_loaded(eps, False, rng, now)
+    if naive:
+        return round_robin(group)
+    return least_loaded(eps, group.uniform, rng, now)

@@ -1,0 +1,305 @@
+"""The registry: applies discovery diffs, lifecycle events and request outcomes to the
+endpoints, and publishes an immutable snapshot of what is routable.
+
+Pure: no I/O. The edge (warmgw.supervisor) listens to transitions and runs the probes and
+warmups they call for; the proxy reads `snapshot` and reports outcomes.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from warmgw.core.clock import Clock
+from warmgw.core.lifecycle import ROUTABLE, State, check
+from warmgw.core.model import Endpoint, EndpointSpec, Group, Route, Snapshot
+from warmgw.core.policy import TrafficPolicy
+from warmgw.core.ramp import LatencyRamp, RampParams, SlowStart, SlowStartParams
+from warmgw.core.stats import FleetBaseline, FleetParams
+
+
+class Strategy(StrEnum):
+    WARM = "warm"  # warmgw: warm with synthetic traffic, then ramp by latency
+    SLOW_START = "slow_start"  # baseline: no warmup, Envoy's time-based slow start
+    ROUND_ROBIN = "round_robin"  # baseline: no warmup, plain round-robin
+
+
+@dataclass(frozen=True, slots=True)
+class OutlierParams:
+    consecutive_errors: int = 5
+    latency_ratio: float = 3.0
+    min_samples: int = 20
+    alpha: float = 0.1
+    backoff_base: float = 1.0
+    backoff_max: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class LifecycleParams:
+    strategy: Strategy = Strategy.WARM
+    ramp: RampParams = field(default_factory=RampParams)
+    slow_start: SlowStartParams = field(default_factory=SlowStartParams)
+    outlier: OutlierParams = field(default_factory=OutlierParams)
+    fleet: FleetParams = field(default_factory=FleetParams)
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    name: str
+    frm: State
+    to: State
+    reason: str
+    at: float
+
+
+class UnknownEndpoint(KeyError):
+    def __str__(self) -> str:
+        return f"no replica named {self.args[0]!r}"
+
+
+class Registry:
+    def __init__(self, params: LifecycleParams, clock: Clock, policy: TrafficPolicy) -> None:
+        self.p = params
+        self.clock = clock
+        self.policy = policy
+        self.endpoints: dict[str, Endpoint] = {}
+        self.fleet = FleetBaseline(params.fleet)
+        self.warm_reference: dict[str, dict[str, float]] = {}  # model -> warm shape -> s
+        self.listeners: list[Callable[[Transition], None]] = []
+        self.history: deque[Transition] = deque(maxlen=500)
+        self._version = 0
+        self._snapshot: Snapshot | None = None
+
+    # -- reading -----------------------------------------------------------------------
+
+    @property
+    def snapshot(self) -> Snapshot:
+        snap = self._snapshot
+        if snap is None:
+            snap = self._snapshot = self._build()
+        return snap
+
+    def get(self, name: str) -> Endpoint:
+        ep = self.endpoints.get(name)
+        if ep is None:
+            raise UnknownEndpoint(name)
+        return ep
+
+    def _build(self) -> Snapshot:
+        self._version += 1
+        by_model: dict[str, dict[str, list[Endpoint]]] = {}
+        known: set[str] = set()
+        for ep in self.endpoints.values():
+            known.update(ep.models)
+            if ep.state not in ROUTABLE:
+                continue
+            for m in ep.models:
+                by_model.setdefault(m, {}).setdefault(ep.pool, []).append(ep)
+        routes: dict[str, Route] = {}
+        for model, pools in by_model.items():
+            groups = tuple(
+                Group(pool, self.policy.share(pool), tuple(eps))
+                for pool, eps in sorted(pools.items())
+                if self.policy.share(pool) > 0.0
+            )
+            if groups:
+                routes[model] = Route(groups, sum(g.share for g in groups))
+        return Snapshot(self._version, routes, frozenset(known))
+
+    def _changed(self) -> None:
+        self._snapshot = None
+
+    # -- moving ------------------------------------------------------------------------
+
+    def _move(self, ep: Endpoint, to: State, reason: str) -> None:
+        frm = ep.state
+        check(ep.name, frm, to)
+        now = self.clock.now()
+        ep.state = to
+        ep.since = now
+        ep.reason = reason
+        if to is not State.RAMPING:
+            ep.ramp = None
+        if frm in ROUTABLE or to in ROUTABLE or to is State.GONE:
+            self._changed()
+        t = Transition(ep.name, frm, to, reason, now)
+        self.history.append(t)
+        for listener in self.listeners:
+            listener(t)
+
+    def set_policy(self, policy: TrafficPolicy) -> None:
+        self.policy = policy
+        self._changed()
+
+    def sync(self, specs: Iterable[EndpointSpec]) -> None:
+        """Make the registry match what discovery reports: add, update, drain."""
+        desired = {s.name: s for s in specs}
+        for name, spec in desired.items():
+            ep = self.endpoints.get(name)
+            if ep is None or ep.state is State.GONE:
+                ep = self.endpoints[name] = Endpoint(spec, self.clock.now())
+                self._changed()
+                self._move(ep, State.PROBING, "discovered")
+                continue
+            if ep.removed:
+                ep.removed = False
+                if ep.state is State.DRAINING:
+                    self._move(ep, State.PROBING, "listed again")
+            if spec != ep.spec:
+                self._respec(ep, spec)
+        for name, ep in self.endpoints.items():
+            if name not in desired and not ep.removed:
+                ep.removed = True
+                if ep.state is not State.DRAINING:
+                    self._move(ep, State.DRAINING, "no longer listed")
+        self.tick()
+
+    def _respec(self, ep: Endpoint, spec: EndpointSpec) -> None:
+        moved = spec.url.rstrip("/") != ep.url
+        ep.spec = spec
+        ep.url = spec.url.rstrip("/")
+        if spec.model:
+            ep.models = frozenset({spec.model})
+        self._changed()
+        if moved and ep.state not in (State.PROBING, State.DRAINING):
+            self.eject(ep, "address changed", cold=True)
+
+    def probe_ok(
+        self, name: str, models: frozenset[str], max_model_len: int | None, marker: float | None
+    ) -> None:
+        ep = self.get(name)
+        if ep.state is not State.PROBING:
+            return
+        if not ep.spec.model:
+            ep.models = models
+        ep.max_model_len = max_model_len
+        ep.start_marker = marker
+        strategy = self.p.strategy
+        if strategy is Strategy.WARM:
+            self._move(ep, State.WARMING, "answering; warming up")
+        elif strategy is Strategy.SLOW_START:
+            ep.ramp = SlowStart(self.p.slow_start, self.clock.now())
+            self._move(ep, State.RAMPING, "answering; time-based slow start")
+        else:
+            self._move(ep, State.READY, "answering")
+
+    def warm_done(self, name: str, rounds: int, reference: dict[str, float], why: str) -> None:
+        ep = self.get(name)
+        if ep.state is not State.WARMING:
+            return
+        ep.warm_rounds = rounds
+        ep.warm_reference = dict(reference)
+        for m in ep.models:
+            self.warm_reference[m] = dict(reference)
+        ep.ramp = LatencyRamp(self._ramp_params(), self.clock.now())
+        self._move(ep, State.RAMPING, why)
+
+    def _ramp_params(self) -> RampParams:
+        return self.p.ramp
+
+    def warm_failed(self, name: str, why: str) -> None:
+        ep = self.get(name)
+        if ep.state is State.WARMING:
+            self.eject(ep, why)
+
+    def eject(self, ep: Endpoint, why: str, cold: bool = False) -> None:
+        """Out of rotation; probed again after a backoff (at once if it went cold)."""
+        if ep.state in (State.EJECTED, State.DRAINING, State.GONE):
+            return
+        if ep.state is State.DISCOVERED:
+            return
+        o = self.p.outlier
+        ep.ejections += 1
+        delay = 0.0 if cold else min(o.backoff_max, o.backoff_base * 2 ** (ep.ejections - 1))
+        ep.retry_at = self.clock.now() + delay
+        ep.consecutive_errors = 0
+        ep.ratio = None
+        ep.ratio_n = 0
+        self._move(ep, State.EJECTED, why)
+
+    def drain(self, name: str, why: str = "drained by operator") -> Endpoint:
+        ep = self.get(name)
+        if ep.state is not State.DRAINING:
+            self._move(ep, State.DRAINING, why)
+        return ep
+
+    def undrain(self, name: str) -> Endpoint:
+        ep = self.get(name)
+        if ep.removed:
+            raise ValueError(f"replica {name!r} is no longer listed by discovery")
+        if ep.state is State.DRAINING:
+            self._move(ep, State.PROBING, "undrained by operator")
+        return ep
+
+    def rewarm(self, name: str) -> Endpoint:
+        ep = self.get(name)
+        if ep.state in (State.RAMPING, State.READY):
+            self._move(ep, State.WARMING, "rewarm asked by operator")
+        elif ep.state is not State.WARMING:
+            raise ValueError(f"replica {name!r} is {ep.state}; only a ramping or ready one rewarms")
+        return ep
+
+    # -- hot path ----------------------------------------------------------------------
+
+    def observe(self, ep: Endpoint, model: str, key: int, seconds: float) -> None:
+        """A user request on ep succeeded; seconds is its latency (TTFB for streams)."""
+        ep.consecutive_errors = 0
+        state = ep.state
+        if state is State.READY:
+            fleet = self.fleet
+            ratio = fleet.ratio(model, key, seconds)
+            fleet.update(model, key, seconds)
+            if ratio is not None:
+                self._watch_latency(ep, ratio)
+        elif state is State.RAMPING:
+            ramp = ep.ramp
+            ratio = self.fleet.ratio(model, key, seconds)
+            if ramp is not None and ratio is not None:
+                ramp.observe(ratio, self.clock.now())
+                a = self.p.ramp.ewma_alpha
+                ep.ratio = ratio if ep.ratio is None else ep.ratio + a * (ratio - ep.ratio)
+
+    def _watch_latency(self, ep: Endpoint, ratio: float) -> None:
+        o = self.p.outlier
+        ep.ratio_n += 1
+        ep.ratio = ratio if ep.ratio is None else ep.ratio + o.alpha * (ratio - ep.ratio)
+        if ep.ratio_n >= o.min_samples and ep.ratio > o.latency_ratio and self._peers(ep):
+            self.eject(ep, f"latency {ep.ratio:.1f}x the fleet's")
+
+    def _peers(self, ep: Endpoint) -> bool:
+        """Are there other ready endpoints serving ep's models (so ejecting it is safe)?"""
+        return any(
+            e is not ep and e.state is State.READY and e.models & ep.models
+            for e in self.endpoints.values()
+        )
+
+    def failure(self, ep: Endpoint, why: str) -> None:
+        """A request on ep failed on ep's side (connect error, 5xx, cut stream)."""
+        ep.errors += 1
+        ep.consecutive_errors += 1
+        limit = self.p.outlier.consecutive_errors
+        if ep.consecutive_errors >= limit and ep.state in ROUTABLE:
+            self.eject(ep, f"{ep.consecutive_errors} consecutive errors, last: {why}")
+
+    # -- time --------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Advance what time alone moves: ramps end, drains finish, backoffs expire."""
+        now = self.clock.now()
+        gone = []
+        for ep in list(self.endpoints.values()):
+            state = ep.state
+            if state is State.RAMPING and ep.ramp is not None:
+                why = ep.ramp.done(now)
+                if why is not None:
+                    ep.ejections = 0
+                    self._move(ep, State.READY, f"ramp over: {why}")
+            elif state is State.EJECTED and now >= ep.retry_at:
+                self._move(ep, State.PROBING, "backoff over; probing again")
+            elif state is State.DRAINING and ep.removed and ep.inflight == 0:
+                self._move(ep, State.GONE, "drained")
+                gone.append(ep.name)
+        for name in gone:
+            del self.endpoints[name]

@@ -1,0 +1,287 @@
+"""The request path: parse just enough, pick a replica, pass bytes through.
+
+Streams are passed chunk by chunk as they arrive. A client that disconnects cancels its
+handler (the server runs with handler_cancellation), which closes the upstream connection,
+so vLLM aborts the request. In-flight counts are kept in `finally`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import random
+import uuid
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from warmgw import errors
+from warmgw.config import UpstreamParams
+from warmgw.core.clock import Clock
+from warmgw.core.model import Endpoint, Route, Snapshot
+from warmgw.core.picker import pick
+from warmgw.core.registry import Registry
+from warmgw.core.stats import shape_key
+
+log = logging.getLogger("warmgw.proxy")
+
+# Hop-by-hop headers (RFC 9110 7.6.1) and those aiohttp sets itself.
+HOP = frozenset(
+    {
+        "connection", "keep-alive", "proxy-connection", "proxy-authenticate",
+        "proxy-authorization", "te", "trailer", "trailers", "transfer-encoding", "upgrade",
+        "host", "content-length", "date", "server",
+    }
+)
+UPSTREAM_CUT = (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, TimeoutError)
+
+
+class _NotSent(Exception):
+    """The request never reached the replica (connect failed): safe to try another."""
+
+
+class Proxy:
+    def __init__(
+        self,
+        registry: Registry,
+        session: aiohttp.ClientSession,
+        params: UpstreamParams,
+        clock: Clock,
+        rng: random.Random,
+        naive: bool = False,
+    ) -> None:
+        self.registry = registry
+        self.session = session
+        self.p = params
+        self.clock = clock
+        self.rng = rng
+        self.naive = naive
+        self._models_cache: tuple[int, bytes] = (-1, b"")
+
+    # -- entry ---------------------------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        snap = self.registry.snapshot
+        body = b""
+        model: str | None = None
+        stream = False
+        max_tokens = 16
+        if request.method == "POST":
+            try:
+                body = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                return errors.response(
+                    413,
+                    f"request body is larger than the limit of {self.p.max_body_bytes} bytes",
+                    "invalid_request_error",
+                    "request_too_large",
+                )
+            try:
+                obj: Any = json.loads(body) if body else {}
+            except ValueError as e:
+                return errors.response(
+                    400, f"request body is not valid JSON: {e}", "invalid_request_error",
+                    "invalid_json",
+                )
+            if not isinstance(obj, dict):
+                return errors.response(
+                    400, "request body must be a JSON object", "invalid_request_error",
+                    "invalid_json",
+                )
+            model = obj.get("model")
+            if model is None:
+                model = _sole_model(snap)
+                if model is None:
+                    return errors.response(
+                        400, "the request names no 'model'", "invalid_request_error",
+                        "missing_model", "model",
+                    )
+            elif not isinstance(model, str):
+                return errors.response(
+                    400, f"'model' must be a string, got {model!r}", "invalid_request_error",
+                    "invalid_model", "model",
+                )
+            stream = obj.get("stream") is True
+            mt = obj.get("max_tokens") or obj.get("max_completion_tokens")
+            if type(mt) is int and mt > 0:
+                max_tokens = mt
+        elif request.path == "/v1/models" and request.method == "GET":
+            return self.models(snap)
+
+        if model is None:
+            route = next(iter(snap.routes.values()), None)
+            if route is None:
+                return _no_replica("no replica is routable yet")
+        else:
+            route = snap.routes.get(model)
+            if route is None:
+                if model in snap.known_models:
+                    return _no_replica(f"no replica serving model '{model}' is routable now")
+                return errors.response(
+                    404, f"The model `{model}` does not exist.", "invalid_request_error",
+                    "model_not_found", "model",
+                )
+        rid = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+        headers = CIMultiDict[str]()
+        for k, v in request.headers.items():
+            if k.lower() not in HOP:
+                headers.add(k, v)
+        headers["X-Request-Id"] = rid
+        key = shape_key(stream, len(body), max_tokens)
+        return await self._send(request, route, body, headers, model or "", key, rid)
+
+    # -- forwarding ----------------------------------------------------------------------
+
+    async def _send(
+        self,
+        request: web.Request,
+        route: Route,
+        body: bytes,
+        headers: CIMultiDict[str],
+        model: str,
+        key: int,
+        rid: str,
+    ) -> web.StreamResponse:
+        tried: list[Endpoint] = []
+        last = ""
+        for _ in range(self.p.retries + 1):
+            ep = pick(route, self.rng, self.clock.now(), tried, self.naive)
+            if ep is None:
+                break
+            ep.inflight += 1
+            ep.requests += 1
+            try:
+                return await self._forward(request, ep, body, headers, model, key, rid)
+            except _NotSent as e:
+                last = f"{ep.name}: {e}"
+                self.registry.failure(ep, str(e))
+                tried.append(ep)
+            finally:
+                ep.inflight -= 1
+        return errors.response(
+            502, f"no replica could be reached ({last})", "upstream_error", "upstream_unreachable",
+            headers={"X-Request-Id": rid},
+        )
+
+    async def _forward(
+        self,
+        request: web.Request,
+        ep: Endpoint,
+        body: bytes,
+        headers: CIMultiDict[str],
+        model: str,
+        key: int,
+        rid: str,
+    ) -> web.StreamResponse:
+        clock = self.clock
+        t0 = clock.now()
+        try:
+            async with self.session.request(
+                request.method,
+                ep.url + request.path_qs,
+                data=(body if len(body) < 1 << 20 else io.BytesIO(body)) if body else None,
+                headers=headers,
+                allow_redirects=False,
+            ) as up:
+                out = CIMultiDict[str]()
+                for k, v in up.headers.items():
+                    if k.lower() not in HOP:
+                        out.add(k, v)
+                out["X-Request-Id"] = rid
+                status = up.status
+                if up.content_length is None and request.method != "HEAD":
+                    return await self._stream(request, ep, up, out, model, key, t0)
+                data = await up.read()
+                if status >= 500:
+                    self.registry.failure(ep, f"HTTP {status}")
+                elif status < 400:
+                    self.registry.observe(ep, model, key, clock.now() - t0)
+                return web.Response(status=status, body=data, headers=out)
+        except aiohttp.ClientConnectorError as e:
+            raise _NotSent(str(e) or type(e).__name__) from None
+        except UPSTREAM_CUT as e:
+            self.registry.failure(ep, _what(e))
+            return errors.response(
+                502 if not isinstance(e, TimeoutError) else 504,
+                f"replica {ep.name} failed before answering: {_what(e)}",
+                "upstream_error", "upstream_failed", headers={"X-Request-Id": rid},
+            )
+
+    async def _stream(
+        self,
+        request: web.Request,
+        ep: Endpoint,
+        up: aiohttp.ClientResponse,
+        out: CIMultiDict[str],
+        model: str,
+        key: int,
+        t0: float,
+    ) -> web.StreamResponse:
+        resp = web.StreamResponse(status=up.status, headers=out)
+        await resp.prepare(request)
+        sse = up.content_type == "text/event-stream"
+        ttfb = -1.0
+        content = up.content
+        while True:
+            try:
+                chunk = await content.readany()
+            except UPSTREAM_CUT as e:
+                self.registry.failure(ep, f"stream cut: {_what(e)}")
+                log.debug("replica %s cut a stream: %s", ep.name, _what(e))
+                if not sse:
+                    raise
+                msg = f"replica {ep.name} failed mid-stream: {_what(e)}"
+                try:
+                    await resp.write(errors.sse_event(msg, "upstream_error", 502))
+                except ConnectionResetError:
+                    pass
+                return resp
+            if not chunk:
+                break
+            if ttfb < 0.0:
+                ttfb = self.clock.now() - t0
+            try:
+                await resp.write(chunk)
+            except ConnectionResetError:
+                return resp  # the client left; leaving the block closes the upstream
+        await resp.write_eof()
+        if up.status >= 500:
+            self.registry.failure(ep, f"HTTP {up.status}")
+        elif up.status < 400 and ttfb >= 0.0:
+            self.registry.observe(ep, model, key, ttfb)
+        return resp
+
+    # -- models --------------------------------------------------------------------------
+
+    def models(self, snap: Snapshot) -> web.Response:
+        version, cached = self._models_cache
+        if version != snap.version:
+            data = [
+                {"id": m, "object": "model", "created": 0, "owned_by": "vllm", "root": m}
+                for m in sorted(snap.routes)
+            ]
+            cached = json.dumps({"object": "list", "data": data}).encode()
+            self._models_cache = (snap.version, cached)
+        return web.Response(body=cached, content_type="application/json")
+
+
+def _sole_model(snap: Snapshot) -> str | None:
+    if len(snap.known_models) == 1:
+        return next(iter(snap.known_models))
+    return None
+
+
+def _no_replica(message: str) -> web.Response:
+    return errors.response(
+        503, message, "service_unavailable", "no_replica", headers={"Retry-After": "2"}
+    )
+
+
+def _what(e: BaseException) -> str:
+    if isinstance(e, asyncio.TimeoutError):
+        return "no bytes within the read timeout"
+    return str(e) or type(e).__name__

@@ -1,0 +1,245 @@
+"""Runs what the lifecycle asks for: probes, warmups and health checks, one task per
+endpoint, all owned here, created on start and cancelled and awaited on stop."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import re
+from typing import Any
+
+import aiohttp
+
+from warmgw.config import HealthParams
+from warmgw.core.clock import Clock
+from warmgw.core.lifecycle import State
+from warmgw.core.model import Endpoint
+from warmgw.core.registry import Registry, Transition
+from warmgw.core.warm import OnDeadline, WarmProfile
+from warmgw.warmup import Warmer, WarmupFailed
+
+log = logging.getLogger("warmgw.lifecycle")
+
+_START = re.compile(rb"^process_start_time_seconds(?:\{[^}]*\})?\s+(\S+)", re.M)
+
+
+class ProbeFailed(Exception):
+    pass
+
+
+def start_marker(metrics_text: bytes) -> float | None:
+    """process_start_time_seconds from a Prometheus exposition, if present."""
+    m = _START.search(metrics_text)
+    try:
+        return float(m.group(1)) if m else None
+    except ValueError:
+        return None
+
+
+class Supervisor:
+    def __init__(
+        self,
+        registry: Registry,
+        session: aiohttp.ClientSession,
+        warmer: Warmer,
+        profile: WarmProfile,
+        health: HealthParams,
+        clock: Clock,
+    ) -> None:
+        self.registry = registry
+        self.session = session
+        self.warmer = warmer
+        self.profile = profile
+        self.health = health
+        self.clock = clock
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._loops: list[asyncio.Task[None]] = []
+        self._warm_slots = asyncio.Semaphore(profile.max_concurrent)
+        self.warmups_done = 0
+        registry.listeners.append(self._on_transition)
+
+    async def start(self) -> None:
+        self._loops = [
+            asyncio.create_task(self._ticker(), name="warmgw-tick"),
+            asyncio.create_task(self._health_loop(), name="warmgw-health"),
+        ]
+        for ep in self.registry.endpoints.values():
+            if ep.state is State.PROBING and ep.name not in self._tasks:
+                self._spawn(ep, self._probe(ep))
+
+    async def stop(self) -> None:
+        tasks = [*self._loops, *self._tasks.values()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+        self._loops = []
+
+    # -- reacting to the lifecycle -------------------------------------------------------
+
+    def _on_transition(self, t: Transition) -> None:
+        log.info("replica %s: %s -> %s (%s)", t.name, t.frm, t.to, t.reason)
+        ep = self.registry.endpoints.get(t.name)
+        if ep is None:
+            return
+        if t.to is State.PROBING:
+            self._spawn(ep, self._probe(ep))
+        elif t.to is State.WARMING:
+            self._spawn(ep, self._warm(ep))
+        elif t.to in (State.EJECTED, State.DRAINING, State.GONE):
+            self._cancel(t.name)
+
+    def _spawn(self, ep: Endpoint, coro: Any) -> None:
+        if not self._loops:  # not started: start() picks probing endpoints up
+            coro.close()
+            return
+        self._cancel(ep.name)
+        task = asyncio.create_task(coro, name=f"warmgw-{ep.name}")
+        self._tasks[ep.name] = task
+        task.add_done_callback(functools.partial(self._done, ep.name))
+
+    def _done(self, name: str, task: asyncio.Task[None]) -> None:
+        if self._tasks.get(name) is task:
+            del self._tasks[name]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("replica %s: task failed", name, exc_info=task.exception())
+
+    def _cancel(self, name: str) -> None:
+        task = self._tasks.pop(name, None)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+
+    # -- probing -------------------------------------------------------------------------
+
+    async def probe_once(self, ep: Endpoint) -> tuple[frozenset[str], int | None, float | None]:
+        timeout = aiohttp.ClientTimeout(total=self.health.timeout)
+        async with self.session.get(ep.url + "/health", timeout=timeout) as r:
+            await r.read()
+            if r.status != 200:
+                raise ProbeFailed(f"/health answered {r.status}")
+        async with self.session.get(ep.url + "/v1/models", timeout=timeout) as r:
+            if r.status != 200:
+                raise ProbeFailed(f"/v1/models answered {r.status}")
+            data = await r.json(content_type=None)
+        try:
+            items = data["data"]
+            models = frozenset(str(m["id"]) for m in items)
+            lens = [m.get("max_model_len") for m in items if isinstance(m, dict)]
+        except (KeyError, TypeError) as e:
+            raise ProbeFailed(f"/v1/models is not an OpenAI model list: {e!r}") from None
+        max_len = next((n for n in lens if isinstance(n, int)), None)
+        return models, max_len, await self.marker(ep)
+
+    async def marker(self, ep: Endpoint) -> float | None:
+        try:
+            timeout = aiohttp.ClientTimeout(total=self.health.timeout)
+            async with self.session.get(ep.url + "/metrics", timeout=timeout) as r:
+                if r.status != 200:
+                    return None
+                return start_marker(await r.read())
+        except asyncio.CancelledError:
+            raise
+        except (aiohttp.ClientError, TimeoutError):
+            return None
+
+    async def _probe(self, ep: Endpoint) -> None:
+        delay = self.health.interval / 4
+        failing = False
+        while ep.state is State.PROBING:
+            try:
+                models, max_len, marker = await self.probe_once(ep)
+            except asyncio.CancelledError:
+                raise
+            except (aiohttp.ClientError, TimeoutError, ProbeFailed, ValueError) as e:
+                if not failing:
+                    log.info("replica %s: not answering yet (%s)", ep.name, _what(e))
+                    failing = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.health.probe_backoff_max)
+                continue
+            if not models:
+                log.warning("replica %s: /v1/models lists no model", ep.name)
+                await asyncio.sleep(delay)
+                continue
+            self.registry.probe_ok(ep.name, models, max_len, marker)
+            return
+
+    # -- warming -------------------------------------------------------------------------
+
+    async def _warm(self, ep: Endpoint) -> None:
+        async with self._warm_slots:
+            if ep.state is not State.WARMING:
+                return
+            model = sorted(ep.models)[0]
+            ref = self.registry.warm_reference.get(model)
+            try:
+                async with asyncio.timeout(self.profile.deadline):
+                    result = await self.warmer.warm(ep.url, model, ep.max_model_len, ref, ep.name)
+            except asyncio.CancelledError:
+                raise
+            except TimeoutError:
+                self._deadline(ep, f"warmup deadline of {self.profile.deadline:g} s passed")
+                return
+            except (aiohttp.ClientError, WarmupFailed) as e:
+                self.registry.warm_failed(ep.name, f"warmup failed: {_what(e)}")
+                return
+        self.warmups_done += 1
+        if result.converged:
+            why = (
+                f"warm: converged after {result.rounds} round(s), {result.requests} requests"
+                f" in {result.seconds:.1f} s"
+            )
+            self.registry.warm_done(ep.name, result.rounds, result.latencies, why)
+        else:
+            left = ", ".join(result.unsettled[:3])
+            self._deadline(ep, f"not converged after {result.rounds} round(s) ({left})")
+
+    def _deadline(self, ep: Endpoint, why: str) -> None:
+        if self.profile.on_deadline is OnDeadline.RAMP:
+            self.registry.warm_done(ep.name, 0, {}, f"{why}; ramping anyway")
+        else:
+            self.registry.warm_failed(ep.name, f"{why}; held out")
+
+    # -- time and health -----------------------------------------------------------------
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(0.1)
+            self.registry.tick()
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.health.interval)
+            watched = [
+                ep for ep in self.registry.endpoints.values()
+                if ep.state in (State.RAMPING, State.READY, State.WARMING)
+            ]
+            if watched:
+                await asyncio.gather(*(self._check(ep) for ep in watched))
+
+    async def _check(self, ep: Endpoint) -> None:
+        try:
+            timeout = aiohttp.ClientTimeout(total=self.health.timeout)
+            async with self.session.get(ep.url + "/health", timeout=timeout) as r:
+                await r.read()
+                ok = r.status == 200
+                why = f"/health answered {r.status}"
+        except asyncio.CancelledError:
+            raise
+        except (aiohttp.ClientError, TimeoutError) as e:
+            ok, why = False, f"/health failed: {_what(e)}"
+        if ep.state not in (State.RAMPING, State.READY, State.WARMING):
+            return
+        if not ok:
+            self.registry.eject(ep, f"{why}; cold until proven warm", cold=True)
+            return
+        marker = await self.marker(ep)
+        if marker is not None and ep.start_marker is not None and marker != ep.start_marker:
+            self.registry.eject(ep, "restarted (process_start_time_seconds changed)", cold=True)
+
+
+def _what(e: BaseException) -> str:
+    if isinstance(e, TimeoutError):
+        return "timed out"
+    return str(e) or type(e).__name__
