@@ -26,7 +26,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from warmgw.demo import run
 
-    return run(args)
+    return int(run(args))
 
 
 def _sim(args: argparse.Namespace) -> int:

@@ -41,7 +41,12 @@ UPSTREAM_CUT = (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, Tim
 
 
 class _NotSent(Exception):
-    """The request never reached the replica (connect failed): safe to try another."""
+    """The request was not taken by the replica (no connection, or 503 not ready):
+    safe to try another. down: the replica is not even listening."""
+
+    def __init__(self, why: str, down: bool = False) -> None:
+        super().__init__(why)
+        self.down = down
 
 
 class Proxy:
@@ -158,7 +163,7 @@ class Proxy:
                 return await self._forward(request, ep, body, headers, model, key, rid)
             except _NotSent as e:
                 last = f"{ep.name}: {e}"
-                self.registry.failure(ep, str(e))
+                self.registry.failure(ep, str(e), down=e.down)
                 tried.append(ep)
             finally:
                 ep.inflight -= 1
@@ -193,6 +198,8 @@ class Proxy:
                         out.add(k, v)
                 out["X-Request-Id"] = rid
                 status = up.status
+                if status == 503:  # not ready (loading, sleeping, overloaded): not taken
+                    raise _NotSent("HTTP 503")
                 if up.content_length is None and request.method != "HEAD":
                     return await self._stream(request, ep, up, out, model, key, t0)
                 data = await up.read()
@@ -202,7 +209,9 @@ class Proxy:
                     self.registry.observe(ep, model, key, clock.now() - t0)
                 return web.Response(status=status, body=data, headers=out)
         except aiohttp.ClientConnectorError as e:
-            raise _NotSent(str(e) or type(e).__name__) from None
+            raise _NotSent(str(e) or type(e).__name__, down=True) from None
+        except aiohttp.ConnectionTimeoutError:
+            raise _NotSent("connect timed out") from None
         except UPSTREAM_CUT as e:
             self.registry.failure(ep, _what(e))
             return errors.response(

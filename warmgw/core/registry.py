@@ -275,10 +275,14 @@ class Registry:
             for e in self.endpoints.values()
         )
 
-    def failure(self, ep: Endpoint, why: str) -> None:
-        """A request on ep failed on ep's side (connect error, 5xx, cut stream)."""
+    def failure(self, ep: Endpoint, why: str, down: bool = False) -> None:
+        """A request on ep failed on ep's side (5xx, cut stream). down: the replica refused
+        the connection, it is not running: out at once, and cold when it comes back."""
         ep.errors += 1
         ep.consecutive_errors += 1
+        if down and ep.state in ROUTABLE:
+            self.eject(ep, f"not reachable: {why}", cold=True)
+            return
         limit = self.p.outlier.consecutive_errors
         if ep.consecutive_errors >= limit and ep.state in ROUTABLE:
             self.eject(ep, f"{ep.consecutive_errors} consecutive errors, last: {why}")

@@ -1,0 +1,5 @@
+import sys
+
+from warmgw.sim.cli import main
+
+sys.exit(main())
