@@ -83,3 +83,47 @@ async def test_scale_up_under_load(strategy: str) -> None:
         else:
             assert r2.stats.user_cold_hits > 0
             assert during["max"] > 2 * steady["max"]  # users saw the cold start
+
+
+async def test_restarted_replica_is_rewarmed_before_user_traffic() -> None:
+    cfg_sim = SimConfig(
+        ttft_base=0.03, itl=0.004, max_running=8, cold_shape_penalty=1.0,
+        cold_batch_penalty=0.5, load_time=1.0, refuse_while_loading=True,
+    )
+    async with SimFleet(cfg_sim, replicas=2) as fleet:
+        await fleet.wait_loaded()
+        r0, r1 = fleet.replicas
+        cfg = gateway_config({"r0": r0.url, "r1": r1.url}, warmup=WARMUP)
+        async with Gateway(cfg) as gw:
+            await wait_all_ready(gw, timeout=40)
+            rewarmed_at: list[float] = []
+
+            def on_transition(t: Transition) -> None:
+                if t.name == "r1" and t.frm is State.WARMING and t.to is State.RAMPING:
+                    rewarmed_at.append(time.monotonic())
+
+            gw.registry.listeners.append(on_transition)
+            async with Load(gw.url, concurrency=6) as load:
+                await wait_for(lambda: r1.stats.user_requests > 50, 10, "traffic on r1")
+                restarted_at = time.monotonic()
+                await r1.restart()
+                await wait_for(lambda: bool(rewarmed_at), 40, "r1 to be warmed again")
+                await wait_state(gw, "r1", State.READY, timeout=20)
+                users_before = r1.stats.user_requests
+                await wait_for(lambda: r1.stats.user_requests > users_before + 20, 10,
+                               "user traffic back on r1")
+        # the gateway noticed: it took r1 out and warmed it again
+        moves = [(t.frm, t.to) for t in gw.registry.history if t.name == "r1"]
+        after = moves[moves.index((State.READY, State.EJECTED)):]
+        assert (State.PROBING, State.WARMING) in after and (State.WARMING, State.RAMPING) in after
+        # no user request reached r1 between its restart and the end of its new warmup
+        users_in_gap = [
+            rec for rec in r1.log
+            if not rec.warmup and restarted_at + 0.05 < rec.start < rewarmed_at[0]
+        ]
+        assert users_in_gap == []
+        assert r1.stats.user_cold_hits == 0
+        assert r1.stats.restarts == 1
+        # only the requests running on r1 at the restart may fail, and they fail clearly
+        errors = [s for s in load.samples if not s.ok]
+        assert len(errors) <= 6, errors
