@@ -20,6 +20,7 @@ class Sample:
     ok: bool
     stream: bool
     error: str = ""
+    replica: str = ""  # X-Warmgw-Replica: who answered
 
 
 @dataclass
@@ -69,11 +70,13 @@ class Load:
         try:
             async with self._session.post(self.url + path, data=json.dumps(body),
                                           headers={"Content-Type": "application/json"}) as r:
+                who = r.headers.get("X-Warmgw-Replica", "")
                 if r.status != 200:
-                    return Sample(t0, time.monotonic() - t0, False, stream, f"HTTP {r.status}")
+                    err = f"HTTP {r.status}: {(await r.text())[:200]}"
+                    return Sample(t0, time.monotonic() - t0, False, stream, err, who)
                 if not stream:
                     await r.read()
-                    return Sample(t0, time.monotonic() - t0, True, stream)
+                    return Sample(t0, time.monotonic() - t0, True, stream, "", who)
                 ttfb = -1.0
                 data = b""
                 async for chunk in r.content.iter_any():
@@ -81,7 +84,8 @@ class Load:
                         ttfb = time.monotonic() - t0
                     data += chunk
                 complete = data.rstrip().endswith(b"data: [DONE]") and b'"error"' not in data
-                return Sample(t0, ttfb, complete, stream, "" if complete else "cut stream")
+                err = "" if complete else "cut stream"
+                return Sample(t0, ttfb, complete, stream, err, who)
         except (aiohttp.ClientError, TimeoutError) as e:
             return Sample(t0, time.monotonic() - t0, False, stream, repr(e))
 

@@ -6,13 +6,18 @@ import asyncio
 import json
 import logging
 import random
+from collections.abc import Iterable
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from warmgw.config import Config
+from warmgw import state, status
+from warmgw.admin import Admin
+from warmgw.config import Config, load
+from warmgw.core.bluegreen import BlueGreen, PolicyState
 from warmgw.core.clock import Clock, MonotonicClock
+from warmgw.core.model import Endpoint, EndpointSpec
 from warmgw.core.policy import TrafficPolicy
 from warmgw.core.registry import Registry, Strategy
 from warmgw.proxy import Proxy
@@ -22,9 +27,17 @@ from warmgw.warmup import Warmer
 log = logging.getLogger("warmgw")
 
 
-def initial_policy(config: Config) -> TrafficPolicy:
+def first_pool(config: Config) -> str:
     pools = config.pools
-    return TrafficPolicy.single(config.active_pool or (pools[0] if pools else "default"))
+    return config.active_pool or (pools[0] if pools else "default")
+
+
+async def _bound_port(runner: web.AppRunner) -> int:
+    for site in runner.sites:
+        server = getattr(site, "_server", None)
+        for sock in getattr(server, "sockets", None) or []:
+            return int(sock.getsockname()[1])
+    return 0
 
 
 class Gateway:
@@ -36,16 +49,32 @@ class Gateway:
         self.config = config
         self.clock = clock or MonotonicClock()
         self.rng = rng or random.Random()
-        self.registry = Registry(config.lifecycle, self.clock, initial_policy(config))
-        self._runner: web.AppRunner | None = None
+        self.registry = Registry(
+            config.lifecycle, self.clock, TrafficPolicy.single(first_pool(config))
+        )
+        saved = state.load(config.state_file) if config.state_file else None
+        self.bluegreen = BlueGreen(
+            self.registry, config.cutover, self.clock, first_pool(config), self._persist
+        )
+        if saved is not None:
+            self.bluegreen.restore(saved)
+            log.info("policy restored from %s: active pool %s", config.state_file, saved.active)
+        self.static_specs: dict[str, EndpointSpec] = {s.name: s for s in config.replicas}
+        self._runners: list[web.AppRunner] = []
         self._sessions: list[aiohttp.ClientSession] = []
+        self._tasks: list[asyncio.Task[None]] = []
         self.supervisor: Supervisor | None = None
         self.proxy: Proxy | None = None
         self.port = 0
+        self.admin_port = 0
 
     @property
     def url(self) -> str:
         return f"http://{self.config.listen.host}:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://{self.config.admin.host}:{self.admin_port}"
 
     async def __aenter__(self) -> Gateway:
         await self.start()
@@ -53,6 +82,10 @@ class Gateway:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    def _persist(self, policy: PolicyState) -> None:
+        if self.config.state_file:
+            state.save(self.config.state_file, policy)
 
     async def start(self) -> None:
         cfg = self.config
@@ -76,38 +109,77 @@ class Gateway:
         self.supervisor = Supervisor(
             self.registry, control_session, warmer, cfg.warmup, cfg.health, self.clock
         )
-        self.registry.sync(cfg.replicas)
+        self.registry.sync(self.static_specs.values())
         await self.supervisor.start()
+        self._tasks = [asyncio.create_task(self._policy_loop(), name="warmgw-policy")]
 
         app = web.Application(client_max_size=up.max_body_bytes)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_route("*", "/v1/{tail:.*}", self.proxy.handle)
-        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, cfg.listen.host, cfg.listen.port)
-        await site.start()
-        server = getattr(site, "_server", None)
-        sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else cfg.listen.port
+        self.port = await self._listen(app, cfg.listen.host, cfg.listen.port)
         log.info("warmgw serving on %s (strategy %s)", self.url, cfg.lifecycle.strategy)
+        if cfg.admin.token:
+            admin = Admin(self, cfg.admin.token).app()
+            self.admin_port = await self._listen(admin, cfg.admin.host, cfg.admin.port)
+            log.info("admin API on %s", self.admin_url)
+        else:
+            log.warning("admin API off: set admin.token or WARMGW_ADMIN_TOKEN to enable it")
+
+    async def _listen(self, app: web.Application, host: str, port: int) -> int:
+        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        await runner.setup()
+        self._runners.append(runner)
+        await web.TCPSite(runner, host, port).start()
+        return await _bound_port(runner) or port
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        self._runners = []
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
         if self.supervisor is not None:
             await self.supervisor.stop()
         for s in self._sessions:
             await s.close()
         self._sessions = []
 
-    def reload(self, config: Config) -> None:
-        """Apply a re-read config's replica list: add new replicas, drain removed ones."""
-        self.config = config
-        self.registry.sync(config.replicas)
+    async def _policy_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.1)
+            for pool in self.bluegreen.tick():
+                cut = self.proxy.cut(pool) if self.proxy else 0
+                log.warning("pool %s: drain deadline passed, %d request(s) cut", pool, cut)
 
-    # -- own endpoints -------------------------------------------------------------------
+    # -- replicas -------------------------------------------------------------------------
+
+    def set_replicas(self, specs: Iterable[EndpointSpec]) -> None:
+        self.static_specs = {s.name: s for s in specs}
+        self.registry.sync(self.static_specs.values())
+
+    def reload(self, config: Config) -> tuple[list[str], list[str]]:
+        """Apply a re-read config's replica list: add new replicas, drain removed ones."""
+        before = set(self.static_specs)
+        self.config = config
+        self.set_replicas(config.replicas)
+        after = set(self.static_specs)
+        return sorted(after - before), sorted(before - after)
+
+    def reload_from_file(self) -> tuple[list[str], list[str]]:
+        if not self.config.source:
+            return [], []
+        return self.reload(load(self.config.source))
+
+    # -- state ----------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return status.gateway(self.registry, self.bluegreen, str(self.config.lifecycle.strategy))
+
+    def replica_status(self, ep: Endpoint) -> dict[str, Any]:
+        return status.replica(ep, self.clock.now(), self.registry.policy.share(ep.pool))
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok\n")
@@ -124,7 +196,7 @@ async def serve_forever(config: Config) -> None:
     """Run until SIGINT/SIGTERM; SIGHUP re-reads the config's replica list."""
     import signal
 
-    from warmgw.config import ConfigError, load
+    from warmgw.config import ConfigError
 
     gw = Gateway(config)
     await gw.start()
@@ -134,11 +206,9 @@ async def serve_forever(config: Config) -> None:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
 
     def reload() -> None:
-        if not config.source:
-            return
         try:
-            gw.reload(load(config.source))
-            log.info("config %s re-read", config.source)
+            added, removed = gw.reload_from_file()
+            log.info("config re-read: added %s, removed %s", added, removed)
         except ConfigError as e:
             log.error("config not reloaded: %s", e)
 

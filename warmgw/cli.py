@@ -13,13 +13,18 @@ def _serve(args: argparse.Namespace) -> int:
 
     from warmgw.app import serve_forever
     from warmgw.config import ConfigError, load
+    from warmgw.state import StateFileError
 
     try:
         config = load(args.config)
     except ConfigError as e:
         print(f"warmgw: bad config: {e}", file=sys.stderr)
         return 2
-    uvloop.run(serve_forever(config))
+    try:
+        uvloop.run(serve_forever(config))
+    except StateFileError as e:
+        print(f"warmgw: {e}; fix or remove it (the policy is not guessed)", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -36,6 +41,7 @@ def _sim(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from warmgw import ctl
     from warmgw.sim import cli as sim_cli
 
     parser = argparse.ArgumentParser(
@@ -56,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="simulated replicas + the gateway + client traffic")
     p.add_argument("--seconds", type=float, default=40.0, help="how long the traffic runs")
     p.set_defaults(func=_demo)
+
+    ctl.add_parsers(sub)
+    for name in ("status", "cutover", "rollback", "drain", "undrain", "rewarm", "add",
+                 "remove", "reload"):
+        sub.choices[name].set_defaults(func=ctl.run)
     return parser
 
 

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from warmgw.core.bluegreen import CutoverParams
 from warmgw.core.model import EndpointSpec
 from warmgw.core.ramp import RampParams, SlowStartParams
 from warmgw.core.registry import LifecycleParams, OutlierParams, Strategy
@@ -62,6 +63,7 @@ class Config:
     health: HealthParams = field(default_factory=HealthParams)
     lifecycle: LifecycleParams = field(default_factory=LifecycleParams)
     warmup: WarmProfile = field(default_factory=WarmProfile)
+    cutover: CutoverParams = field(default_factory=CutoverParams)
     replicas: tuple[EndpointSpec, ...] = ()
     active_pool: str | None = None
     state_file: str | None = None
@@ -181,7 +183,7 @@ def parse_replicas(raw: Any, where: str = "replicas") -> tuple[EndpointSpec, ...
 
 KNOWN = {
     "listen", "admin", "upstream", "health", "strategy", "ramp", "slow_start", "outlier",
-    "fleet", "warmup", "replicas", "policy", "state_file",
+    "fleet", "warmup", "replicas", "policy", "state_file", "cutover",
 }
 
 
@@ -218,6 +220,7 @@ def parse(data: Any, source: str | None = None) -> Config:
         health=_build(HealthParams, _section(data, "health"), "health"),
         lifecycle=lifecycle,
         warmup=_build(WarmProfile, _section(data, "warmup"), "warmup"),
+        cutover=_build(CutoverParams, _section(data, "cutover"), "cutover"),
         replicas=parse_replicas(data.get("replicas")),
         active_pool=active,
         state_file=state_file,

@@ -66,6 +66,21 @@ class Proxy:
         self.rng = rng
         self.naive = naive
         self._models_cache: tuple[int, bytes] = (-1, b"")
+        # the handler tasks in flight on each endpoint, so a drain deadline can cut them
+        self.running: dict[Endpoint, set[asyncio.Task[Any] | None]] = {}
+
+    def cut(self, pool: str) -> int:
+        """Cancel the requests still in flight on a pool's endpoints; how many were cut."""
+        n = 0
+        for ep, tasks in list(self.running.items()):
+            if ep.pool == pool:
+                for t in list(tasks):
+                    if t is not None and not t.done():
+                        t.cancel()
+                        n += 1
+            if not tasks:
+                del self.running[ep]
+        return n
 
     # -- entry ---------------------------------------------------------------------------
 
@@ -153,12 +168,18 @@ class Proxy:
     ) -> web.StreamResponse:
         tried: list[Endpoint] = []
         last = ""
+        task = asyncio.current_task()
+        running = self.running
         for _ in range(self.p.retries + 1):
             ep = pick(route, self.rng, self.clock.now(), tried, self.naive)
             if ep is None:
                 break
             ep.inflight += 1
             ep.requests += 1
+            tasks = running.get(ep)
+            if tasks is None:
+                tasks = running[ep] = set()
+            tasks.add(task)
             try:
                 return await self._forward(request, ep, body, headers, model, key, rid)
             except _NotSent as e:
@@ -167,6 +188,7 @@ class Proxy:
                 tried.append(ep)
             finally:
                 ep.inflight -= 1
+                tasks.discard(task)
         return errors.response(
             502, f"no replica could be reached ({last})", "upstream_error", "upstream_unreachable",
             headers={"X-Request-Id": rid},
@@ -197,6 +219,7 @@ class Proxy:
                     if k.lower() not in HOP:
                         out.add(k, v)
                 out["X-Request-Id"] = rid
+                out["X-Warmgw-Replica"] = ep.name
                 status = up.status
                 if status == 503:  # not ready (loading, sleeping, overloaded): not taken
                     raise _NotSent("HTTP 503")

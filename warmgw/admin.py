@@ -1,0 +1,152 @@
+"""The admin API on its own listener (127.0.0.1 by default): JSON in, JSON out, every
+call authenticated with a bearer token (constant-time compare)."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from warmgw.config import ConfigError, parse_replicas
+from warmgw.core.bluegreen import CutoverError, request_from_json
+from warmgw.core.registry import UnknownEndpoint
+
+if TYPE_CHECKING:
+    from warmgw.app import Gateway
+
+log = logging.getLogger("warmgw.admin")
+
+PREFIX = "/admin/v1"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        status=status, text=json.dumps(data, indent=1) + "\n", content_type="application/json"
+    )
+
+
+def _error(status: int, message: str, **details: Any) -> web.Response:
+    return _json({"error": {"message": message, **details}}, status)
+
+
+class Admin:
+    def __init__(self, gateway: Gateway, token: str) -> None:
+        self.gw = gateway
+        self._token = token.encode()
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._auth], client_max_size=1 << 20)
+        r = app.router
+        r.add_get(f"{PREFIX}/status", self.status)
+        r.add_post(f"{PREFIX}/cutover", self.cutover)
+        r.add_post(f"{PREFIX}/rollback", self.rollback)
+        r.add_post(f"{PREFIX}/replicas", self.add_replica)
+        r.add_delete(f"{PREFIX}/replicas/{{name}}", self.remove_replica)
+        r.add_post(f"{PREFIX}/replicas/{{name}}/{{action}}", self.replica_action)
+        r.add_post(f"{PREFIX}/reload", self.reload)
+        return app
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith(PREFIX):
+            got = request.headers.get("Authorization", "")
+            scheme, _, token = got.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                token.strip().encode(), self._token
+            ):
+                return web.Response(
+                    status=401,
+                    text=json.dumps({"error": {"message": "missing or wrong bearer token"}}),
+                    content_type="application/json",
+                    headers={"WWW-Authenticate": 'Bearer realm="warmgw-admin"'},
+                )
+        try:
+            return await handler(request)
+        except web.HTTPException as e:
+            if e.status < 400:
+                raise
+            return _error(e.status, e.reason)
+
+    async def _body(self, request: web.Request) -> Any:
+        if not request.can_read_body:
+            return {}
+        try:
+            return await request.json(loads=json.loads)
+        except ValueError as e:
+            raise web.HTTPBadRequest(reason=f"body is not valid JSON: {e}") from None
+
+    # -- reading --------------------------------------------------------------------------
+
+    async def status(self, request: web.Request) -> web.Response:
+        return _json(self.gw.status())
+
+    # -- blue-green -----------------------------------------------------------------------
+
+    async def cutover(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        try:
+            rec = self.gw.bluegreen.cutover(request_from_json(body))
+        except CutoverError as e:
+            return _error(e.status, str(e), **e.details)
+        log.info("cutover %s -> %s (%s) by admin call", rec.frm, rec.to, rec.mode)
+        return _json({"cutover": rec.as_dict(), "policy": self.gw.bluegreen.state().shares})
+
+    async def rollback(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        force = body.get("force", False) if isinstance(body, dict) else None
+        if not isinstance(force, bool):
+            return _error(400, f"field 'force' must be true or false, got {force!r}")
+        try:
+            rec = self.gw.bluegreen.rollback(force)
+        except CutoverError as e:
+            return _error(e.status, str(e), **e.details)
+        log.info("rollback %s -> %s by admin call", rec.frm, rec.to)
+        return _json({"cutover": rec.as_dict(), "policy": self.gw.bluegreen.state().shares})
+
+    # -- replicas -------------------------------------------------------------------------
+
+    async def replica_action(self, request: web.Request) -> web.Response:
+        name, action = request.match_info["name"], request.match_info["action"]
+        reg = self.gw.registry
+        actions = {"drain": reg.drain, "undrain": reg.undrain, "rewarm": reg.rewarm}
+        fn = actions.get(action)
+        if fn is None:
+            return _error(404, f"unknown action {action!r} (known: {sorted(actions)})")
+        try:
+            ep = fn(name)
+        except UnknownEndpoint as e:
+            return _error(404, str(e))
+        except ValueError as e:
+            return _error(409, str(e))
+        return _json({"replica": self.gw.replica_status(ep)})
+
+    async def add_replica(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        try:
+            (spec,) = parse_replicas([body], where="replica")
+        except ConfigError as e:
+            return _error(400, str(e))
+        if spec.name in self.gw.static_specs:
+            return _error(409, f"a replica named {spec.name!r} exists already")
+        self.gw.set_replicas([*self.gw.static_specs.values(), spec])
+        return _json({"replica": self.gw.replica_status(self.gw.registry.get(spec.name))}, 201)
+
+    async def remove_replica(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in self.gw.static_specs:
+            return _error(404, f"no replica named {name!r}")
+        self.gw.set_replicas([s for s in self.gw.static_specs.values() if s.name != name])
+        ep = self.gw.registry.endpoints.get(name)
+        return _json({"replica": self.gw.replica_status(ep) if ep else {"name": name}})
+
+    async def reload(self, request: web.Request) -> web.Response:
+        try:
+            added, removed = self.gw.reload_from_file()
+        except ConfigError as e:
+            return _error(400, f"config not reloaded: {e}")
+        return _json({"added": added, "removed": removed})
