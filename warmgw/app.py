@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from warmgw import state, status
+from warmgw import metrics, state, status
 from warmgw.admin import Admin
 from warmgw.config import Config, load
 from warmgw.core.bluegreen import BlueGreen, PolicyState
@@ -67,6 +67,7 @@ class Gateway:
         self.proxy: Proxy | None = None
         self.port = 0
         self.admin_port = 0
+        self._metrics_registry = metrics.registry_for(self)
 
     @property
     def url(self) -> str:
@@ -116,6 +117,7 @@ class Gateway:
         app = web.Application(client_max_size=up.max_body_bytes)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
         app.router.add_route("*", "/v1/{tail:.*}", self.proxy.handle)
         self.port = await self._listen(app, cfg.listen.host, cfg.listen.port)
         log.info("warmgw serving on %s (strategy %s)", self.url, cfg.lifecycle.strategy)
@@ -180,6 +182,10 @@ class Gateway:
 
     def replica_status(self, ep: Endpoint) -> dict[str, Any]:
         return status.replica(ep, self.clock.now(), self.registry.policy.share(ep.pool))
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body = metrics.render(self._metrics_registry)
+        return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok\n")

@@ -26,6 +26,7 @@ from warmgw.core.model import Endpoint, Route, Snapshot
 from warmgw.core.picker import pick
 from warmgw.core.registry import Registry
 from warmgw.core.stats import shape_key
+from warmgw.core.telemetry import RequestStats, route_of
 
 log = logging.getLogger("warmgw.proxy")
 
@@ -68,6 +69,7 @@ class Proxy:
         self._models_cache: tuple[int, bytes] = (-1, b"")
         # the handler tasks in flight on each endpoint, so a drain deadline can cut them
         self.running: dict[Endpoint, set[asyncio.Task[Any] | None]] = {}
+        self.stats = RequestStats()
 
     def cut(self, pool: str) -> int:
         """Cancel the requests still in flight on a pool's endpoints; how many were cut."""
@@ -85,6 +87,12 @@ class Proxy:
     # -- entry ---------------------------------------------------------------------------
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        resp = await self._handle(request)
+        if "X-Warmgw-Replica" not in resp.headers:  # answered by the gateway itself
+            self.stats.count("", "", route_of(request.path), resp.status)
+        return resp
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
         snap = self.registry.snapshot
         body = b""
         model: str | None = None
@@ -182,6 +190,9 @@ class Proxy:
             tasks.add(task)
             try:
                 return await self._forward(request, ep, body, headers, model, key, rid)
+            except asyncio.CancelledError:  # the client left (or a drain deadline cut it)
+                self.stats.count(ep.pool, ep.name, route_of(request.path), 499)
+                raise
             except _NotSent as e:
                 last = f"{ep.name}: {e}"
                 self.registry.failure(ep, str(e), down=e.down)
@@ -226,10 +237,13 @@ class Proxy:
                 if up.content_length is None and request.method != "HEAD":
                     return await self._stream(request, ep, up, out, model, key, t0)
                 data = await up.read()
+                took = clock.now() - t0
+                self.stats.count(ep.pool, ep.name, route_of(request.path), status)
                 if status >= 500:
                     self.registry.failure(ep, f"HTTP {status}")
                 elif status < 400:
-                    self.registry.observe(ep, model, key, clock.now() - t0)
+                    self.registry.observe(ep, model, key, took)
+                    self.stats.latency(ep.pool, took, took)
                 return web.Response(status=status, body=data, headers=out)
         except aiohttp.ClientConnectorError as e:
             raise _NotSent(str(e) or type(e).__name__, down=True) from None
@@ -237,10 +251,13 @@ class Proxy:
             raise _NotSent("connect timed out") from None
         except UPSTREAM_CUT as e:
             self.registry.failure(ep, _what(e))
+            code = 504 if isinstance(e, TimeoutError) else 502
+            self.stats.count(ep.pool, ep.name, route_of(request.path), code)
             return errors.response(
-                502 if not isinstance(e, TimeoutError) else 504,
+                code,
                 f"replica {ep.name} failed before answering: {_what(e)}",
-                "upstream_error", "upstream_failed", headers={"X-Request-Id": rid},
+                "upstream_error", "upstream_failed",
+                headers={"X-Request-Id": rid, "X-Warmgw-Replica": ep.name},
             )
 
     async def _stream(
@@ -263,6 +280,7 @@ class Proxy:
                 chunk = await content.readany()
             except UPSTREAM_CUT as e:
                 self.registry.failure(ep, f"stream cut: {_what(e)}")
+                self.stats.count(ep.pool, ep.name, route_of(request.path), 502)
                 log.debug("replica %s cut a stream: %s", ep.name, _what(e))
                 if not sse:
                     raise
@@ -278,13 +296,16 @@ class Proxy:
                 ttfb = self.clock.now() - t0
             try:
                 await resp.write(chunk)
-            except ConnectionResetError:
-                return resp  # the client left; leaving the block closes the upstream
+            except ConnectionResetError:  # the client left; leaving closes the upstream
+                self.stats.count(ep.pool, ep.name, route_of(request.path), 499)
+                return resp
         await resp.write_eof()
+        self.stats.count(ep.pool, ep.name, route_of(request.path), up.status)
         if up.status >= 500:
             self.registry.failure(ep, f"HTTP {up.status}")
         elif up.status < 400 and ttfb >= 0.0:
             self.registry.observe(ep, model, key, ttfb)
+            self.stats.latency(ep.pool, ttfb, self.clock.now() - t0)
         return resp
 
     # -- models --------------------------------------------------------------------------

@@ -16,16 +16,36 @@ from warmgw.core.clock import Clock
 from warmgw.core.lifecycle import State
 from warmgw.core.model import Endpoint
 from warmgw.core.registry import Registry, Transition
+from warmgw.core.telemetry import Histogram
 from warmgw.core.warm import OnDeadline, WarmProfile
 from warmgw.warmup import Warmer, WarmupFailed
 
 log = logging.getLogger("warmgw.lifecycle")
 
 _START = re.compile(rb"^process_start_time_seconds(?:\{[^}]*\})?\s+(\S+)", re.M)
+_ENGINE = re.compile(
+    rb"^vllm:(num_requests_waiting|num_requests_running|kv_cache_usage_perc|gpu_cache_usage_perc)"
+    rb"(?:\{[^}]*\})?\s+(\S+)", re.M,
+)
+
+
+WARMUP_BUCKETS = (1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
 
 class ProbeFailed(Exception):
     pass
+
+
+def engine_gauges(metrics_text: bytes) -> dict[str, float]:
+    """vLLM's queue and KV-cache gauges, summed over engines; KV usage under one name."""
+    out: dict[str, float] = {}
+    for m in _ENGINE.finditer(metrics_text):
+        name = m.group(1).decode().replace("gpu_cache_usage_perc", "kv_cache_usage_perc")
+        try:
+            out[name] = out.get(name, 0.0) + float(m.group(2))
+        except ValueError:
+            continue
+    return out
 
 
 def start_marker(metrics_text: bytes) -> float | None:
@@ -56,7 +76,9 @@ class Supervisor:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._loops: list[asyncio.Task[None]] = []
         self._warm_slots = asyncio.Semaphore(profile.max_concurrent)
-        self.warmups_done = 0
+        self.warmups: dict[str, int] = {}  # outcome -> count
+        self.warmup_seconds = Histogram(WARMUP_BUCKETS)
+        self.engine: dict[str, dict[str, float]] = {}  # replica -> vLLM gauges
         registry.listeners.append(self._on_transition)
 
     async def start(self) -> None:
@@ -132,12 +154,15 @@ class Supervisor:
         return models, max_len, await self.marker(ep)
 
     async def marker(self, ep: Endpoint) -> float | None:
+        """Read the replica's /metrics: its start time, and its queue and KV gauges."""
         try:
             timeout = aiohttp.ClientTimeout(total=self.health.timeout)
             async with self.session.get(ep.url + "/metrics", timeout=timeout) as r:
                 if r.status != 200:
                     return None
-                return start_marker(await r.read())
+                text = await r.read()
+                self.engine[ep.name] = engine_gauges(text)
+                return start_marker(text)
         except asyncio.CancelledError:
             raise
         except (aiohttp.ClientError, TimeoutError):
@@ -173,18 +198,21 @@ class Supervisor:
                 return
             model = sorted(ep.models)[0]
             ref = self.registry.warm_reference.get(model)
+            started = self.clock.now()
             try:
                 async with asyncio.timeout(self.profile.deadline):
                     result = await self.warmer.warm(ep.url, model, ep.max_model_len, ref, ep.name)
             except asyncio.CancelledError:
                 raise
             except TimeoutError:
+                self._count("deadline", started)
                 self._deadline(ep, f"warmup deadline of {self.profile.deadline:g} s passed")
                 return
             except (aiohttp.ClientError, WarmupFailed) as e:
+                self._count("failed", started)
                 self.registry.warm_failed(ep.name, f"warmup failed: {_what(e)}")
                 return
-        self.warmups_done += 1
+        self._count("converged" if result.converged else "not_converged", started)
         if result.converged:
             why = (
                 f"warm: converged after {result.rounds} round(s), {result.requests} requests"
@@ -194,6 +222,10 @@ class Supervisor:
         else:
             left = ", ".join(result.unsettled[:3])
             self._deadline(ep, f"not converged after {result.rounds} round(s) ({left})")
+
+    def _count(self, outcome: str, started: float) -> None:
+        self.warmups[outcome] = self.warmups.get(outcome, 0) + 1
+        self.warmup_seconds.observe(self.clock.now() - started)
 
     def _deadline(self, ep: Endpoint, why: str) -> None:
         if self.profile.on_deadline is OnDeadline.RAMP:

@@ -107,6 +107,7 @@ class BlueGreen:
         self._gradual: _Gradual | None = None
         self._draining: list[tuple[CutoverRecord, float]] = []  # (record, deadline)
         self._next_id = 1
+        self.outcomes: dict[str, int] = {}  # finished cutovers by outcome, since start
         registry.set_policy(TrafficPolicy.single(active))
 
     # -- state ----------------------------------------------------------------------------
@@ -224,6 +225,7 @@ class BlueGreen:
 
     def _finish(self, rec: CutoverRecord, outcome: str, reason: str) -> None:
         rec.outcome, rec.reason, rec.finished = outcome, reason, self.clock.now()
+        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
 
     def _pool_requests(self, pool: str) -> tuple[int, int]:
         eps = [e for e in self.registry.endpoints.values() if e.pool == pool]

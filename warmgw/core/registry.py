@@ -69,6 +69,7 @@ class Registry:
         self.warm_reference: dict[str, dict[str, float]] = {}  # model -> warm shape -> s
         self.listeners: list[Callable[[Transition], None]] = []
         self.history: deque[Transition] = deque(maxlen=500)
+        self.transitions_total: dict[State, int] = {}
         self._version = 0
         self._snapshot: Snapshot | None = None
 
@@ -126,6 +127,7 @@ class Registry:
             self._changed()
         t = Transition(ep.name, frm, to, reason, now)
         self.history.append(t)
+        self.transitions_total[to] = self.transitions_total.get(to, 0) + 1
         for listener in self.listeners:
             listener(t)
 
