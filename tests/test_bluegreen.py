@@ -155,3 +155,72 @@ async def test_admin_needs_the_token_and_rejects_bad_calls(fleet):
         assert status == 400 and "expected http://host:port" in res["error"]["message"]
         status, st = await admin(gw, "GET", "/status")
         assert status == 200 and {r["name"] for r in st["replicas"]} == {"blue-0", "green-0"}
+
+
+async def test_gradual_cutover_moves_in_steps_and_completes(fleet):
+    urls = fleet.urls
+    cfg = config({}, replicas=pooled(urls[:2], urls[2:]))
+    async with Gateway(cfg) as gw:
+        await wait_all_ready(gw, timeout=30)
+        async with Load(gw.url, concurrency=8) as load:
+            status, res = await admin(gw, "POST", "/cutover",
+                                      {"to": "green", "mode": "gradual", "duration": 2,
+                                       "steps": 4})
+            assert status == 200 and res["policy"] == {"blue": 0.75, "green": 0.25}
+            seen: set[float] = set()
+            while gw.bluegreen.in_progress is not None:
+                seen.add(gw.registry.policy.share("green"))
+                status, _ = await admin(gw, "POST", "/cutover", {"to": "red"})
+                assert status in (404, 409)
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5)
+        assert {0.25, 0.5, 0.75} <= seen
+        assert gw.bluegreen.active == "green" and gw.bluegreen.history[-1].outcome == "done"
+        assert all(s.ok for s in load.samples)
+
+
+async def test_gradual_cutover_aborts_back_when_the_target_fails(fleet):
+    urls = fleet.urls
+    cfg = config({}, replicas=pooled(urls[:2], urls[2:]))
+    async with Gateway(cfg) as gw:
+        await wait_all_ready(gw, timeout=30)
+        for sim in fleet.replicas[2:]:
+            sim.set_faults(error_rate=0.6)
+        async with Load(gw.url, concurrency=8):
+            status, _ = await admin(gw, "POST", "/cutover",
+                                    {"to": "green", "mode": "gradual", "duration": 30,
+                                     "steps": 10, "max_error_rate": 0.1})
+            assert status == 200
+            await wait_for(lambda: gw.bluegreen.in_progress is None, 20, "the abort")
+        rec = gw.bluegreen.history[-1]
+        assert rec.outcome == "aborted" and "target error rate" in rec.reason
+        assert gw.registry.policy.as_dict() == {"blue": 1.0}
+        assert gw.bluegreen.active == "blue"
+
+
+async def test_drain_deadline_cuts_what_is_left(fleet):
+    slow = SimConfig(ttft_base=0.01, itl=0.05)
+    async with SimFleet(slow, replicas=1) as blue:
+        urls = {"blue-0": blue.urls[0]}
+        reps = [{"name": "blue-0", "url": blue.urls[0], "pool": "blue"},
+                {"name": "green-0", "url": fleet.urls[0], "pool": "green"}]
+        cfg = config(urls, replicas=reps, cutover={"drain_deadline": 0.5, "min_warm_fraction": 0})
+        async with Gateway(cfg) as gw, aiohttp.ClientSession() as s:
+            await wait_all_ready(gw, timeout=30)
+            body = {"model": "tiny", "prompt": "x", "max_tokens": 200, "stream": True}
+            async with s.post(gw.url + "/v1/completions", json=body) as r:
+                assert r.headers["X-Warmgw-Replica"] == "blue-0"
+                await r.content.readany()
+                status, _ = await admin(gw, "POST", "/cutover", {"to": "green"})
+                assert status == 200
+                t0 = time.monotonic()
+                data = b""
+                try:
+                    async for chunk in r.content.iter_any():
+                        data += chunk
+                except aiohttp.ClientPayloadError:
+                    pass
+                took = time.monotonic() - t0
+            assert took < 3.0 and b"[DONE]" not in data  # cut near the deadline, not run out
+            await wait_for(lambda: gw.bluegreen.history[-1].drained is not None, 5)
+            assert "drain deadline passed with 1 in flight" in gw.bluegreen.history[-1].reason

@@ -48,8 +48,10 @@ def least_loaded(
     b = endpoints[min(bisect_right(cum, rng.random() * total), n - 1)]
     if a is b:
         return a
+    # Both were drawn by weight already; compare in-flight per unit of weight. When both
+    # are idle the first draw stands, so an endpoint's share follows its weight.
     wa, wb = a.weight(now), b.weight(now)
-    return b if (b.inflight + 1) * wa < (a.inflight + 1) * wb else a
+    return b if b.inflight * wa < a.inflight * wb else a
 
 
 def round_robin(group: Group) -> Endpoint:

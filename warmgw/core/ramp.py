@@ -46,7 +46,7 @@ class SlowStartParams:
 class LatencyRamp:
     """warmgw's law: exponential growth while latency is within tolerance of the fleet."""
 
-    __slots__ = ("growing", "p", "ratio", "samples", "started", "t0", "w0")
+    __slots__ = ("cut_at", "growing", "p", "ratio", "samples", "started", "t0", "w0")
 
     def __init__(self, params: RampParams, now: float) -> None:
         self.p = params
@@ -56,6 +56,7 @@ class LatencyRamp:
         self.growing = True
         self.ratio: float | None = None
         self.samples = 0
+        self.cut_at: float | None = None
 
     def weight(self, now: float) -> float:
         if not self.growing:
@@ -76,10 +77,13 @@ class LatencyRamp:
                 self.t0 = now
                 self.growing = True
             return
-        if self.growing or now - self.t0 >= self.p.doubling_time:
-            self.w0 = max(self.p.min_weight, self.weight(now) * self.p.shrink)
-            self.t0 = now
-            self.growing = False
+        w = self.weight(now)
+        if self.cut_at is None or now - self.cut_at >= self.p.doubling_time:
+            w *= self.p.shrink  # at most one cut per doubling_time; otherwise hold
+            self.cut_at = now
+        self.w0 = max(self.p.min_weight, w)
+        self.t0 = now
+        self.growing = False
 
     def done(self, now: float) -> str | None:
         """Why the ramp is over ('converged' or 'max ramp time'), or None if it is not."""

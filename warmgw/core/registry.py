@@ -30,6 +30,7 @@ class Strategy(StrEnum):
 class OutlierParams:
     consecutive_errors: int = 5
     latency_ratio: float = 3.0
+    suspect_ratio: float = 1.5  # above this a replica no longer feeds the fleet baseline
     min_samples: int = 20
     alpha: float = 0.1
     backoff_base: float = 1.0
@@ -123,6 +124,8 @@ class Registry:
         ep.reason = reason
         if to is not State.RAMPING:
             ep.ramp = None
+        if to is State.READY:
+            ep.ejections = 0  # backoff starts over once it proved itself
         if frm in ROUTABLE or to in ROUTABLE or to is State.GONE:
             self._changed()
         t = Transition(ep.name, frm, to, reason, now)
@@ -174,8 +177,9 @@ class Registry:
         ep = self.get(name)
         if ep.state is not State.PROBING:
             return
-        if not ep.spec.model:
+        if not ep.spec.model and models != ep.models:
             ep.models = models
+            self._changed()  # known_models changes: 503 (warming) rather than 404
         ep.max_model_len = max_model_len
         ep.start_marker = marker
         strategy = self.p.strategy
@@ -192,9 +196,10 @@ class Registry:
         if ep.state is not State.WARMING:
             return
         ep.warm_rounds = rounds
-        ep.warm_reference = dict(reference)
-        for m in ep.models:
-            self.warm_reference[m] = dict(reference)
+        if reference:  # only a converged warmup is a reference for the fleet
+            ep.warm_reference = dict(reference)
+            for m in ep.models:
+                self.warm_reference[m] = dict(reference)
         ep.ramp = LatencyRamp(self._ramp_params(), self.clock.now())
         self._move(ep, State.RAMPING, why)
 
@@ -252,7 +257,10 @@ class Registry:
         if state is State.READY:
             fleet = self.fleet
             ratio = fleet.ratio(model, key, seconds)
-            fleet.update(model, key, seconds)
+            # a suspect endpoint stops feeding the baseline, so that the fleet's steady
+            # state is the others' and its own ratio shows how far off it really is
+            if ep.ratio is None or ep.ratio < self.p.outlier.suspect_ratio:
+                fleet.update(model, key, seconds)
             if ratio is not None:
                 self._watch_latency(ep, ratio)
         elif state is State.RAMPING:
@@ -300,7 +308,6 @@ class Registry:
             if state is State.RAMPING and ep.ramp is not None:
                 why = ep.ramp.done(now)
                 if why is not None:
-                    ep.ejections = 0
                     self._move(ep, State.READY, f"ramp over: {why}")
             elif state is State.EJECTED and now >= ep.retry_at:
                 self._move(ep, State.PROBING, "backoff over; probing again")
