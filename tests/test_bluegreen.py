@@ -224,3 +224,21 @@ async def test_drain_deadline_cuts_what_is_left(fleet):
             assert took < 3.0 and b"[DONE]" not in data  # cut near the deadline, not run out
             await wait_for(lambda: gw.bluegreen.history[-1].drained is not None, 5)
             assert "drain deadline passed with 1 in flight" in gw.bluegreen.history[-1].reason
+
+
+async def test_old_pool_is_kept_warm_for_the_rollback_window(fleet):
+    urls = fleet.urls
+    cfg = config({}, replicas=pooled(urls[:2], urls[2:]),
+                 cutover={"keep_warm_interval": 0.2, "rollback_window": 1.5})
+    async with Gateway(cfg) as gw:
+        await wait_all_ready(gw, timeout=30)
+        blue = fleet.replicas[:2]
+        assert (await admin(gw, "POST", "/cutover", {"to": "green"}))[0] == 200
+        before = [r.stats.warmup_requests for r in blue]
+        await asyncio.sleep(1.0)
+        during = [r.stats.warmup_requests for r in blue]
+        assert all(d >= b + 2 for b, d in zip(before, during, strict=True))  # kept warm
+        await asyncio.sleep(1.0)  # the window closes
+        settled = [r.stats.warmup_requests for r in blue]
+        await asyncio.sleep(0.8)
+        assert [r.stats.warmup_requests for r in blue] == settled  # and then left alone

@@ -17,6 +17,7 @@ from warmgw.admin import Admin
 from warmgw.config import Config, load
 from warmgw.core.bluegreen import BlueGreen, PolicyState
 from warmgw.core.clock import Clock, MonotonicClock
+from warmgw.core.lifecycle import WARM
 from warmgw.core.model import Endpoint, EndpointSpec
 from warmgw.core.policy import TrafficPolicy
 from warmgw.core.registry import Registry, Strategy
@@ -52,9 +53,10 @@ class Gateway:
         self.registry = Registry(
             config.lifecycle, self.clock, TrafficPolicy.single(first_pool(config))
         )
+        self._last_shares = ""
         saved = state.load(config.state_file) if config.state_file else None
         self.bluegreen = BlueGreen(
-            self.registry, config.cutover, self.clock, first_pool(config), self._persist
+            self.registry, config.cutover, self.clock, first_pool(config), self._policy_changed
         )
         if saved is not None:
             self.bluegreen.restore(saved)
@@ -83,10 +85,6 @@ class Gateway:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
-
-    def _persist(self, policy: PolicyState) -> None:
-        if self.config.state_file:
-            state.save(self.config.state_file, policy)
 
     async def start(self) -> None:
         cfg = self.config
@@ -150,11 +148,42 @@ class Gateway:
         self._sessions = []
 
     async def _policy_loop(self) -> None:
+        last_keep = self.clock.now()
         while True:
             await asyncio.sleep(0.1)
             for pool in self.bluegreen.tick():
                 cut = self.proxy.cut(pool) if self.proxy else 0
                 log.warning("pool %s: drain deadline passed, %d request(s) cut", pool, cut)
+            interval = self.config.cutover.keep_warm_interval
+            if interval > 0 and self.clock.now() - last_keep >= interval:
+                last_keep = self.clock.now()
+                await self._keep_warm()
+
+    async def _keep_warm(self) -> None:
+        """Light synthetic traffic to the warm replicas of pools in their rollback window."""
+        pools = self.bluegreen.kept_warm()
+        if not pools or self.supervisor is None:
+            return
+        warmer = self.supervisor.warmer
+        eps = [e for e in self.registry.endpoints.values()
+               if e.pool in pools and e.state in WARM and e.models]
+        results = await asyncio.gather(
+            *(warmer.keep_warm(e.url, sorted(e.models)[0], e.max_model_len) for e in eps),
+            return_exceptions=True,
+        )
+        for ep, res in zip(eps, results, strict=True):
+            if isinstance(res, asyncio.CancelledError):
+                raise res
+            if isinstance(res, BaseException):
+                log.info("replica %s: keep-warm request failed: %s", ep.name, res)
+
+    def _policy_changed(self, policy: PolicyState) -> None:
+        shares = ", ".join(f"{p}={s:g}" for p, s in sorted(policy.shares.items()))
+        if shares != self._last_shares:
+            log.info("traffic policy: active %s, shares %s", policy.active, shares)
+            self._last_shares = shares
+        if self.config.state_file:
+            state.save(self.config.state_file, policy)
 
     # -- replicas -------------------------------------------------------------------------
 

@@ -83,6 +83,12 @@ class Warmer:
                     ttfb = self.clock.now() - t0
             return ttfb if ttfb >= 0.0 else self.clock.now() - t0
 
+    async def keep_warm(self, url: str, model: str, max_model_len: int | None) -> float:
+        """One small synthetic request, so an idle standby replica does not go cold."""
+        shape = self.p.shapes(max_model_len)[0]
+        return await self._one(url, WarmShape(shape.kind, False, shape.prompt_tokens,
+                                              shape.max_tokens), model)
+
     async def _measure(self, url: str, shape: WarmShape, model: str) -> float:
         if shape.concurrency == 1:
             return await self._one(url, shape, model)

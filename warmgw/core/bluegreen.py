@@ -32,6 +32,7 @@ class CutoverParams:
     min_warm_fraction: float = 1.0  # ... and this fraction of the active pool's warm ones
     drain_deadline: float = 300.0  # s; in-flight requests on the old pool are cut after
     rollback_window: float = 600.0  # s; the old pool is kept warm for a rollback
+    keep_warm_interval: float = 10.0  # s between keep-warm requests to a standby replica
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +140,16 @@ class BlueGreen:
     @property
     def in_progress(self) -> CutoverRecord | None:
         return self._gradual.record if self._gradual else None
+
+    def kept_warm(self) -> set[str]:
+        """Inactive pools still inside their rollback window: the gateway keeps them warm
+        with light synthetic traffic so that a rollback is as fast as the cutover was."""
+        now = self.clock.now()
+        return {
+            r.frm for r in self.history
+            if r.outcome == "done" and r.frm != self.active and r.finished is not None
+            and now - r.finished < self.p.rollback_window
+        }
 
     def pools(self) -> dict[str, PoolCount]:
         counts: dict[str, PoolCount] = {}
