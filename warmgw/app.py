@@ -69,6 +69,7 @@ class Gateway:
         self.proxy: Proxy | None = None
         self.port = 0
         self.admin_port = 0
+        self.stopping = False
         self._metrics_registry = metrics.registry_for(self)
 
     @property
@@ -127,15 +128,20 @@ class Gateway:
             log.warning("admin API off: set admin.token or WARMGW_ADMIN_TOKEN to enable it")
 
     async def _listen(self, app: web.Application, host: str, port: int) -> int:
-        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        runner = web.AppRunner(
+            app, handler_cancellation=True, access_log=None,
+            shutdown_timeout=self.config.listen.shutdown_timeout,
+        )
         await runner.setup()
         self._runners.append(runner)
         await web.TCPSite(runner, host, port).start()
         return await _bound_port(runner) or port
 
     async def stop(self) -> None:
-        for runner in reversed(self._runners):
-            await runner.cleanup()
+        """Stop accepting, let in-flight requests and streams finish (up to
+        listen.shutdown_timeout), then stop the background work."""
+        self.stopping = True
+        await asyncio.gather(*(r.cleanup() for r in self._runners))
         self._runners = []
         for t in self._tasks:
             t.cancel()
@@ -221,9 +227,10 @@ class Gateway:
 
     async def _readyz(self, request: web.Request) -> web.Response:
         routes = self.registry.snapshot.routes
-        body: dict[str, Any] = {"ready": bool(routes), "models": sorted(routes)}
+        ready = bool(routes) and not self.stopping
+        body: dict[str, Any] = {"ready": ready, "models": sorted(routes)}
         return web.Response(
-            status=200 if routes else 503, text=json.dumps(body), content_type="application/json"
+            status=200 if ready else 503, text=json.dumps(body), content_type="application/json"
         )
 
 
@@ -251,5 +258,8 @@ async def serve_forever(config: Config) -> None:
     try:
         await stop.wait()
     finally:
-        log.info("stopping")
+        inflight = sum(e.inflight for e in gw.registry.endpoints.values())
+        log.info("stopping: no new connections; %d request(s) in flight get up to %g s",
+                 inflight, config.listen.shutdown_timeout)
         await gw.stop()
+        log.info("stopped")

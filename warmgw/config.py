@@ -31,6 +31,7 @@ class ConfigError(ValueError):
 class Listen:
     host: str = "127.0.0.1"
     port: int = 8000
+    shutdown_timeout: float = 30.0  # s: on SIGTERM, in-flight requests get this long
 
 
 @dataclass(frozen=True, slots=True)
