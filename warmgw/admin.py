@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from warmgw import webpage
 from warmgw.config import ConfigError, parse_replicas
 from warmgw.core.bluegreen import CutoverError, request_from_json
 from warmgw.core.registry import UnknownEndpoint
@@ -34,6 +35,11 @@ def _error(status: int, message: str, **details: Any) -> web.Response:
     return _json({"error": {"message": message, **details}}, status)
 
 
+def _conflict(active: str) -> web.Response:
+    return _error(409, "another gateway replica changed the policy first; "
+                  f"now active: {active!r}", active=active)
+
+
 class Admin:
     def __init__(self, gateway: Gateway, token: str) -> None:
         self.gw = gateway
@@ -49,6 +55,7 @@ class Admin:
         r.add_delete(f"{PREFIX}/replicas/{{name}}", self.remove_replica)
         r.add_post(f"{PREFIX}/replicas/{{name}}/{{action}}", self.replica_action)
         r.add_post(f"{PREFIX}/reload", self.reload)
+        webpage.add_routes(app)
         return app
 
     @web.middleware
@@ -93,6 +100,8 @@ class Admin:
             rec = self.gw.bluegreen.cutover(request_from_json(body))
         except CutoverError as e:
             return _error(e.status, str(e), **e.details)
+        if not await self.gw.commit_policy():
+            return _conflict(self.gw.bluegreen.active)
         log.info("cutover %s -> %s (%s) by admin call", rec.frm, rec.to, rec.mode)
         return _json({"cutover": rec.as_dict(), "policy": self.gw.bluegreen.state().shares})
 
@@ -105,6 +114,8 @@ class Admin:
             rec = self.gw.bluegreen.rollback(force)
         except CutoverError as e:
             return _error(e.status, str(e), **e.details)
+        if not await self.gw.commit_policy():
+            return _conflict(self.gw.bluegreen.active)
         log.info("rollback %s -> %s by admin call", rec.frm, rec.to)
         return _json({"cutover": rec.as_dict(), "policy": self.gw.bluegreen.state().shares})
 

@@ -12,15 +12,25 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from warmgw import metrics, state, status
+from warmgw import metrics, status
 from warmgw.admin import Admin
-from warmgw.config import Config, load
+from warmgw.config import Config, KubeParams, load
 from warmgw.core.bluegreen import BlueGreen, PolicyState
 from warmgw.core.clock import Clock, MonotonicClock
 from warmgw.core.lifecycle import WARM
 from warmgw.core.model import Endpoint, EndpointSpec
 from warmgw.core.policy import TrafficPolicy
 from warmgw.core.registry import Registry, Strategy
+from warmgw.discovery.kube import KubeDiscovery, default_identity
+from warmgw.discovery.kube import api_client as kube_api_client
+from warmgw.policy_store import (
+    STORE_ERRORS,
+    ConfigMapStore,
+    FileStore,
+    MemoryStore,
+    PolicyConflict,
+    PolicyStore,
+)
 from warmgw.proxy import Proxy
 from warmgw.supervisor import Supervisor
 from warmgw.warmup import Warmer
@@ -54,13 +64,16 @@ class Gateway:
             config.lifecycle, self.clock, TrafficPolicy.single(first_pool(config))
         )
         self._last_shares = ""
-        saved = state.load(config.state_file) if config.state_file else None
         self.bluegreen = BlueGreen(
             self.registry, config.cutover, self.clock, first_pool(config), self._policy_changed
         )
-        if saved is not None:
-            self.bluegreen.restore(saved)
-            log.info("policy restored from %s: active pool %s", config.state_file, saved.active)
+        self.store: PolicyStore = FileStore(config.state_file) if config.state_file else (
+            MemoryStore()
+        )
+        self._policy_dirty = asyncio.Event()
+        self._policy_lock = asyncio.Lock()
+        self.kube: KubeDiscovery | None = None
+        self._kube_api: Any = None
         self.static_specs: dict[str, EndpointSpec] = {s.name: s for s in config.replicas}
         self._runners: list[web.AppRunner] = []
         self._sessions: list[aiohttp.ClientSession] = []
@@ -106,12 +119,26 @@ class Gateway:
         naive = cfg.lifecycle.strategy is Strategy.ROUND_ROBIN
         self.proxy = Proxy(self.registry, proxy_session, up, self.clock, self.rng, naive)
         warmer = Warmer(control_session, cfg.warmup, self.clock)
+        if cfg.kubernetes is not None:
+            await self._start_kube(cfg.kubernetes)
+        saved = await self.store.load()
+        if saved is not None:
+            self.bluegreen.restore(saved)
+            log.info("policy restored: active pool %s", saved.active)
+        await self.store.start(self._follow_policy)
         self.supervisor = Supervisor(
-            self.registry, control_session, warmer, cfg.warmup, cfg.health, self.clock
+            self.registry, control_session, warmer, cfg.warmup, cfg.health, self.clock,
+            coordinator=self.kube,
         )
-        self.registry.sync(self.static_specs.values())
+        if self.kube is None:
+            self.registry.sync(self.static_specs.values())
         await self.supervisor.start()
-        self._tasks = [asyncio.create_task(self._policy_loop(), name="warmgw-policy")]
+        if self.kube is not None:
+            await self.kube.start()
+        self._tasks = [
+            asyncio.create_task(self._policy_loop(), name="warmgw-policy"),
+            asyncio.create_task(self._policy_writer(), name="warmgw-policy-writer"),
+        ]
 
         app = web.Application(client_max_size=up.max_body_bytes)
         app.router.add_get("/healthz", self._healthz)
@@ -149,9 +176,58 @@ class Gateway:
         self._tasks = []
         if self.supervisor is not None:
             await self.supervisor.stop()
+        if self.kube is not None:
+            await self.kube.stop()
+        await self.store.stop()
+        if self._kube_api is not None:
+            await self._kube_api.close()
+            self._kube_api = None
         for s in self._sessions:
             await s.close()
         self._sessions = []
+
+    async def _start_kube(self, k: KubeParams) -> None:
+        self._kube_api = await kube_api_client(k.kubeconfig)
+        self.kube = KubeDiscovery(
+            self._kube_api, self.registry, k.namespace, k.label_selector, k.pool_label, k.port,
+            k.model, k.identity or default_identity(), k.readiness_gate, k.lease_duration,
+            k.watch_timeout,
+        )
+        if k.policy_configmap:
+            self.store = ConfigMapStore(self._kube_api, k.namespace, k.policy_configmap,
+                                        k.watch_timeout)
+
+    # -- the traffic policy -----------------------------------------------------------------
+
+    def _follow_policy(self, policy: PolicyState) -> None:
+        """Another gateway replica changed the stored policy: take it."""
+        self.bluegreen.restore(policy, follow=True)
+
+    async def commit_policy(self) -> bool:
+        """Store the current policy. False if another replica changed it first; then the
+        stored one has been taken instead."""
+        async with self._policy_lock:
+            try:
+                await self.store.save(self.bluegreen.state())
+                return True
+            except STORE_ERRORS as e:  # applied here; the writer keeps trying to store it
+                log.error("policy applied but not stored yet (%s); retrying", e)
+                self._policy_dirty.set()
+                return True
+            except PolicyConflict:
+                remote = await self.store.load()
+                if remote is not None:
+                    self.bluegreen.restore(remote, follow=True)
+                return False
+
+    async def _policy_writer(self) -> None:
+        while True:
+            await self._policy_dirty.wait()
+            self._policy_dirty.clear()
+            if not await self.commit_policy():
+                log.warning("policy changed elsewhere meanwhile; took the stored one")
+            if self._policy_dirty.is_set():
+                await asyncio.sleep(1.0)  # storing failed: try again, not in a tight loop
 
     async def _policy_loop(self) -> None:
         last_keep = self.clock.now()
@@ -188,8 +264,7 @@ class Gateway:
         if shares != self._last_shares:
             log.info("traffic policy: active %s, shares %s", policy.active, shares)
             self._last_shares = shares
-        if self.config.state_file:
-            state.save(self.config.state_file, policy)
+        self._policy_dirty.set()
 
     # -- replicas -------------------------------------------------------------------------
 

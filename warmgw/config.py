@@ -57,6 +57,21 @@ class AdminParams:
 
 
 @dataclass(frozen=True, slots=True)
+class KubeParams:
+    namespace: str = "default"
+    label_selector: str = "app=vllm"
+    pool_label: str = "warmgw.io/pool"
+    port: int = 8000
+    model: str | None = None  # None: learn it from /v1/models
+    kubeconfig: str | None = None  # None: in-cluster service account
+    readiness_gate: bool = True
+    lease_duration: int = 15
+    watch_timeout: int = 300
+    policy_configmap: str = "warmgw-policy"
+    identity: str | None = None  # None: $POD_NAME, or the host name
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     listen: Listen = field(default_factory=Listen)
     admin: AdminParams = field(default_factory=AdminParams)
@@ -66,6 +81,7 @@ class Config:
     warmup: WarmProfile = field(default_factory=WarmProfile)
     cutover: CutoverParams = field(default_factory=CutoverParams)
     replicas: tuple[EndpointSpec, ...] = ()
+    kubernetes: KubeParams | None = None
     active_pool: str | None = None
     state_file: str | None = None
     source: str | None = None  # the file it was read from, for reloads
@@ -184,7 +200,7 @@ def parse_replicas(raw: Any, where: str = "replicas") -> tuple[EndpointSpec, ...
 
 KNOWN = {
     "listen", "admin", "upstream", "health", "strategy", "ramp", "slow_start", "outlier",
-    "fleet", "warmup", "replicas", "policy", "state_file", "cutover",
+    "fleet", "warmup", "replicas", "policy", "state_file", "cutover", "discovery",
 }
 
 
@@ -214,7 +230,17 @@ def parse(data: Any, source: str | None = None) -> Config:
     state_file = data.get("state_file")
     if state_file is not None and not isinstance(state_file, str):
         raise ConfigError(f"state_file: expected a path, got {state_file!r}")
+    discovery = _section(data, "discovery")
+    for key in discovery:
+        if key != "kubernetes":
+            raise ConfigError(f"discovery.{key}: unknown key (known: kubernetes)")
+    kube = None
+    if "kubernetes" in discovery:
+        kube = _build(KubeParams, _section(discovery, "kubernetes"), "discovery.kubernetes")
+        if data.get("replicas"):
+            raise ConfigError("replicas: give either replicas or discovery.kubernetes, not both")
     cfg = Config(
+        kubernetes=kube,
         listen=_build(Listen, _section(data, "listen"), "listen"),
         admin=admin,
         upstream=_build(UpstreamParams, _section(data, "upstream"), "upstream"),

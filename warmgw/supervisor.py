@@ -7,7 +7,7 @@ import asyncio
 import functools
 import logging
 import re
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -30,6 +30,16 @@ _ENGINE = re.compile(
 
 
 WARMUP_BUCKETS = (1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+
+
+class WarmCoordinator(Protocol):
+    """Decides, across gateway replicas, who warms a replica (Kubernetes: a Lease)."""
+
+    def warmed_elsewhere(self, name: str) -> bool: ...
+
+    async def acquire(self, name: str) -> bool: ...
+
+    def release(self, name: str) -> None: ...
 
 
 class ProbeFailed(Exception):
@@ -66,7 +76,9 @@ class Supervisor:
         profile: WarmProfile,
         health: HealthParams,
         clock: Clock,
+        coordinator: WarmCoordinator | None = None,
     ) -> None:
+        self.coordinator = coordinator
         self.registry = registry
         self.session = session
         self.warmer = warmer
@@ -193,6 +205,29 @@ class Supervisor:
     # -- warming -------------------------------------------------------------------------
 
     async def _warm(self, ep: Endpoint) -> None:
+        coord = self.coordinator
+        if coord is None:
+            await self._warm_here(ep)
+            return
+        waiting = False
+        while True:
+            if coord.warmed_elsewhere(ep.name):
+                self.registry.warm_done(
+                    ep.name, 0, {}, "warmed by another gateway replica (pod condition)"
+                )
+                return
+            if await coord.acquire(ep.name):
+                break
+            if not waiting:
+                log.info("replica %s: another gateway replica is warming it", ep.name)
+                waiting = True
+            await asyncio.sleep(self.health.interval)
+        try:
+            await self._warm_here(ep)
+        finally:
+            coord.release(ep.name)
+
+    async def _warm_here(self, ep: Endpoint) -> None:
         async with self._warm_slots:
             if ep.state is not State.WARMING:
                 return

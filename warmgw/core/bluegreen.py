@@ -113,14 +113,17 @@ class BlueGreen:
 
     # -- state ----------------------------------------------------------------------------
 
-    def restore(self, state: PolicyState) -> None:
-        """Take a persisted policy (after a restart)."""
+    def restore(self, state: PolicyState, follow: bool = False) -> None:
+        """Take a persisted policy: after a restart, or (follow) one that another gateway
+        replica wrote, whose running cutover it drives itself."""
         self.active = state.active
         self.previous = state.previous
+        self._gradual = None
         self.registry.set_policy(TrafficPolicy.of(state.shares or {state.active: 1.0}))
-        for h in state.history[-self.history.maxlen:] if self.history.maxlen else []:
+        self.history.clear()
+        for h in state.history[-(self.history.maxlen or 50):]:
             rec = CutoverRecord(**h)
-            if rec.outcome == "running":  # interrupted by the restart: the shares stand
+            if rec.outcome == "running" and not follow:  # the restart stopped it here
                 rec.outcome, rec.reason = "interrupted", "gateway restarted mid-cutover"
             self.history.append(rec)
             self._next_id = max(self._next_id, rec.id + 1)

@@ -1,0 +1,1 @@
+"""Discovery sources: each turns the outside world into the desired set of replicas."""

@@ -1,0 +1,160 @@
+"""Where the traffic policy lives: a state file (static mode) or one ConfigMap that every
+gateway replica watches (Kubernetes), so a cutover through any replica reaches all."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any, Protocol
+
+import aiohttp
+from kubernetes.aio import client
+from kubernetes.aio.client.exceptions import ApiException
+
+from warmgw import state
+from warmgw.core.bluegreen import PolicyState
+from warmgw.discovery.kwatch import Watcher
+
+log = logging.getLogger("warmgw.policy")
+
+KEY = "policy.json"
+
+
+class PolicyConflict(Exception):
+    """Someone else changed the stored policy since we last read it."""
+
+
+class PolicyStore(Protocol):
+    async def load(self) -> PolicyState | None: ...
+
+    async def save(self, policy: PolicyState) -> None: ...
+
+    async def start(self, apply: Callable[[PolicyState], None]) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class MemoryStore:
+    async def load(self) -> PolicyState | None:
+        return None
+
+    async def save(self, policy: PolicyState) -> None:
+        return None
+
+    async def start(self, apply: Callable[[PolicyState], None]) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+
+class FileStore(MemoryStore):
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    async def load(self) -> PolicyState | None:
+        return state.load(self.path)
+
+    async def save(self, policy: PolicyState) -> None:
+        state.save(self.path, policy)
+
+
+def _encode(policy: PolicyState) -> str:
+    return json.dumps({"version": 1, **asdict(policy)}, sort_keys=True)
+
+
+def _decode(text: str, where: str) -> PolicyState:
+    try:
+        data = json.loads(text)
+        return PolicyState(data["active"], data.get("previous"),
+                           {str(k): float(v) for k, v in (data.get("shares") or {}).items()},
+                           list(data.get("history") or []))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise state.StateFileError(f"{where} does not hold a warmgw policy: {e}") from None
+
+
+class ConfigMapStore:
+    def __init__(self, api: client.ApiClient, namespace: str, name: str,
+                 watch_timeout: int = 300) -> None:
+        self.core = client.CoreV1Api(api)
+        self.ns = namespace
+        self.name = name
+        self.watch_timeout = watch_timeout
+        self.rv: str | None = None
+        self.text: str | None = None  # what we last read or wrote
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def where(self) -> str:
+        return f"ConfigMap {self.ns}/{self.name}"
+
+    async def load(self) -> PolicyState | None:
+        try:
+            cm = await self.core.read_namespaced_config_map(self.name, self.ns)
+        except ApiException as e:
+            if e.status == 404:
+                self.rv = None
+                return None
+            raise
+        self.rv = cm.metadata.resource_version if cm.metadata else None
+        text = (cm.data or {}).get(KEY)
+        self.text = text
+        return _decode(text, self.where) if text else None
+
+    async def save(self, policy: PolicyState) -> None:
+        text = _encode(policy)
+        if text == self.text:
+            return
+        meta = client.V1ObjectMeta(
+            name=self.name, namespace=self.ns, resource_version=self.rv,
+            labels={"app.kubernetes.io/managed-by": "warmgw", "warmgw.io/policy": self.name},
+        )
+        body = client.V1ConfigMap(metadata=meta, data={KEY: text})
+        try:
+            if self.rv is None:
+                cm = await self.core.create_namespaced_config_map(self.ns, body)
+            else:
+                cm = await self.core.replace_namespaced_config_map(self.name, self.ns, body)
+        except ApiException as e:
+            if e.status == 409:
+                raise PolicyConflict(f"{self.where} changed meanwhile") from None
+            raise
+        self.rv = cm.metadata.resource_version if cm.metadata else None
+        self.text = text
+
+    async def start(self, apply: Callable[[PolicyState], None]) -> None:
+        def changed(objects: dict[str, dict[str, Any]]) -> None:
+            obj = objects.get(self.name)
+            if obj is None:
+                return
+            text = (obj.get("data") or {}).get(KEY)
+            rv = obj["metadata"].get("resourceVersion")
+            if not text or text == self.text:
+                self.rv = rv or self.rv
+                return
+            try:
+                policy = _decode(text, self.where)
+            except state.StateFileError as e:
+                log.error("%s; ignored", e)
+                return
+            self.rv, self.text = rv, text
+            log.info("policy changed in %s: active %s", self.where, policy.active)
+            apply(policy)
+
+        watcher = Watcher(
+            f"policy {self.where}", self.core.list_namespaced_config_map_without_preload_content,
+            changed, watch_timeout=self.watch_timeout, namespace=self.ns,
+            field_selector=f"metadata.name={self.name}",  # RBAC resourceNames allow this
+        )
+        self._task = asyncio.create_task(watcher.run(), name="warmgw-policy-watch")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
+STORE_ERRORS = (ApiException, aiohttp.ClientError, TimeoutError, OSError)
