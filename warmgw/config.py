@@ -223,13 +223,13 @@ def parse(data: Any, source: str | None = None) -> Config:
     admin = _build(AdminParams, _section(data, "admin"), "admin")
     if admin.token is None and os.environ.get("WARMGW_ADMIN_TOKEN"):
         admin = AdminParams(admin.host, admin.port, os.environ["WARMGW_ADMIN_TOKEN"])
+    state_file = data.get("state_file")
+    if state_file is not None and not isinstance(state_file, str):
+        raise ConfigError(f"state_file: expected a path, got {state_file!r}")
     policy = _section(data, "policy")
     active = policy.get("active")
     if active is not None and (not isinstance(active, str) or not active):
         raise ConfigError(f"policy.active: expected a pool name, got {active!r}")
-    state_file = data.get("state_file")
-    if state_file is not None and not isinstance(state_file, str):
-        raise ConfigError(f"state_file: expected a path, got {state_file!r}")
     discovery = _section(data, "discovery")
     for key in discovery:
         if key != "kubernetes":
@@ -239,6 +239,10 @@ def parse(data: Any, source: str | None = None) -> Config:
         kube = _build(KubeParams, _section(discovery, "kubernetes"), "discovery.kubernetes")
         if data.get("replicas"):
             raise ConfigError("replicas: give either replicas or discovery.kubernetes, not both")
+        if not active:
+            raise ConfigError("policy.active: required with discovery.kubernetes (the pool "
+                              "that serves until a cutover; pods carry it in the label "
+                              f"{kube.pool_label!r})")
     cfg = Config(
         kubernetes=kube,
         listen=_build(Listen, _section(data, "listen"), "listen"),

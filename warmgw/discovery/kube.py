@@ -113,11 +113,13 @@ class KubeDiscovery:
         for name, v in views.items():
             old = self.pods.get(name)
             if old is not None and v.restart_count > old.restart_count:
-                self.warmed_by_me.discard(name)
+                why = f"container restarted (restartCount {v.restart_count}); cold again"
                 ep = self.registry.endpoints.get(name)
                 if ep is not None:
-                    why = f"container restarted (restartCount {v.restart_count}); cold again"
-                    self.registry.eject(ep, why, cold=True)
+                    self.registry.eject(ep, why, cold=True)  # the listener resets the gate
+                if name in self.warmed_by_me:  # not ejected (e.g. draining): reset it here
+                    self.warmed_by_me.discard(name)
+                    self._spawn(self._patch(name, False, why))
         self.pods = views
         self.registry.sync(
             spec_of(v, self.port, self.model) for v in views.values() if v.candidate
