@@ -7,10 +7,12 @@ import json
 import logging
 import random
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from warmgw import metrics, status
 from warmgw.admin import Admin
@@ -37,6 +39,38 @@ from warmgw.warmup import Warmer
 
 log = logging.getLogger("warmgw")
 
+# Idle pooled connections to replicas are dropped before vLLM's own keep-alive (uvicorn,
+# VLLM_HTTP_TIMEOUT_KEEP_ALIVE, 5 s) closes them: a request sent on a connection the replica
+# is closing at that moment would fail with no way to know whether it was taken.
+UPSTREAM_KEEPALIVE = 4.0
+
+
+@dataclass(frozen=True, slots=True)
+class ClientLimits:
+    """What a client connection may take, so slow or idle clients cannot hold sockets and
+    handlers. aiohttp's header-read bound is its keep-alive timer, which starts when the
+    connection opens and again after each response: a client has idle_timeout to send a
+    whole request head, and an idle connection is closed after it."""
+
+    idle_timeout: float = 75.0  # above a cloud L7 balancer's usual 60 s idle timeout
+    body_timeout: float = 60.0  # for a request body, once its head has arrived
+    max_line_size: int = 8190  # request line and each header line; longer: 400
+    max_field_size: int = 8190
+    max_headers: int = 128  # more header lines: 400
+
+
+class _ServerLog(logging.LoggerAdapter[logging.Logger]):
+    """aiohttp's server log, but a client's malformed HTTP (answered 400 by the parser) at
+    debug level: an error with a traceback per bad request would let any client flood the
+    log. Errors in the gateway's own handlers stay errors."""
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True,
+                  **kwargs: Any) -> None:
+        if isinstance(exc_info, HttpProcessingError):
+            self.debug(f"{msg}: %s", *args, exc_info)
+            return
+        super().exception(msg, *args, exc_info=exc_info, **kwargs)
+
 
 def first_pool(config: Config) -> str:
     pools = config.pools
@@ -55,9 +89,14 @@ class Gateway:
     """The running gateway: `async with Gateway(cfg) as gw:` serves on gw.url."""
 
     def __init__(
-        self, config: Config, clock: Clock | None = None, rng: random.Random | None = None
+        self,
+        config: Config,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        limits: ClientLimits | None = None,
     ) -> None:
         self.config = config
+        self.limits = limits or ClientLimits()
         self.clock = clock or MonotonicClock()
         self.rng = rng or random.Random()
         self.registry = Registry(
@@ -101,10 +140,17 @@ class Gateway:
         await self.stop()
 
     async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()  # nothing half-started is left behind
+            raise
+
+    async def _start(self) -> None:
         cfg = self.config
         up = cfg.upstream
         proxy_session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30.0),
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=UPSTREAM_KEEPALIVE),
             timeout=aiohttp.ClientTimeout(
                 total=None, sock_connect=up.connect_timeout, sock_read=up.read_timeout
             ),
@@ -117,7 +163,8 @@ class Gateway:
         )
         self._sessions = [proxy_session, control_session]
         naive = cfg.lifecycle.strategy is Strategy.ROUND_ROBIN
-        self.proxy = Proxy(self.registry, proxy_session, up, self.clock, self.rng, naive)
+        self.proxy = Proxy(self.registry, proxy_session, up, self.clock, self.rng, naive,
+                           body_timeout=self.limits.body_timeout)
         warmer = Warmer(control_session, cfg.warmup, self.clock)
         if cfg.kubernetes is not None:
             await self._start_kube(cfg.kubernetes)
@@ -155,14 +202,23 @@ class Gateway:
             log.warning("admin API off: set admin.token or WARMGW_ADMIN_TOKEN to enable it")
 
     async def _listen(self, app: web.Application, host: str, port: int) -> int:
+        lim = self.limits
         runner = web.AppRunner(
             app, handler_cancellation=True, access_log=None,
             shutdown_timeout=self.config.listen.shutdown_timeout,
+            keepalive_timeout=lim.idle_timeout, max_line_size=lim.max_line_size,
+            max_field_size=lim.max_field_size, max_headers=lim.max_headers,
+            logger=_ServerLog(logging.getLogger("aiohttp.server")),
         )
         await runner.setup()
         self._runners.append(runner)
         await web.TCPSite(runner, host, port).start()
         return await _bound_port(runner) or port
+
+    @property
+    def client_connections(self) -> int:
+        """Client connections open on the gateway's listeners (user and admin)."""
+        return sum(len(r.server.connections) for r in self._runners if r.server is not None)
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests and streams finish (up to
@@ -316,7 +372,11 @@ async def serve_forever(config: Config) -> None:
     from warmgw.config import ConfigError
 
     gw = Gateway(config)
-    await gw.start()
+    try:
+        await gw.start()
+    except BaseException:  # e.g. an unreadable state file: close what was opened, then say so
+        await gw.stop()
+        raise
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGINT, stop.set)

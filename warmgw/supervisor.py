@@ -309,4 +309,6 @@ class Supervisor:
 def _what(e: BaseException) -> str:
     if isinstance(e, TimeoutError):
         return "timed out"
+    if isinstance(e, aiohttp.ClientConnectorError):  # without aiohttp's ssl/errno noise
+        return f"cannot connect to {e.host}:{e.port} ({e.os_error.strerror or e.os_error})"
     return str(e) or type(e).__name__

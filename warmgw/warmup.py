@@ -62,10 +62,11 @@ class Warmer:
         self.clock = clock
         self.requests_sent = 0
 
-    async def _one(self, url: str, shape: WarmShape, model: str) -> float:
+    async def _one(self, url: str, shape: WarmShape, model: str, sent: list[int]) -> float:
         path, body = request_for(shape, model)
         t0 = self.clock.now()
         self.requests_sent += 1
+        sent[0] += 1
         timeout = aiohttp.ClientTimeout(total=self.p.request_timeout)
         async with self.session.post(
             url + path, data=json.dumps(body), timeout=timeout,
@@ -87,14 +88,14 @@ class Warmer:
         """One small synthetic request, so an idle standby replica does not go cold."""
         shape = self.p.shapes(max_model_len)[0]
         return await self._one(url, WarmShape(shape.kind, False, shape.prompt_tokens,
-                                              shape.max_tokens), model)
+                                              shape.max_tokens), model, [0])
 
-    async def _measure(self, url: str, shape: WarmShape, model: str) -> float:
+    async def _measure(self, url: str, shape: WarmShape, model: str, sent: list[int]) -> float:
         if shape.concurrency == 1:
-            return await self._one(url, shape, model)
+            return await self._one(url, shape, model, sent)
         one = WarmShape(shape.kind, shape.stream, shape.prompt_tokens, shape.max_tokens)
         results = await asyncio.gather(
-            *(self._one(url, one, model) for _ in range(shape.concurrency))
+            *(self._one(url, one, model, sent) for _ in range(shape.concurrency))
         )
         return max(results)
 
@@ -110,12 +111,12 @@ class Warmer:
         shapes = self.p.shapes(max_model_len)
         conv = Convergence(self.p, reference)
         start = self.clock.now()
-        sent0 = self.requests_sent
+        sent = [0]  # this replica's requests (several warmups may run at once)
         converged = False
         while len(conv.rounds) < self.p.max_rounds:
             latencies = {}
             for shape in shapes:
-                latencies[shape.key] = await self._measure(url, shape, model)
+                latencies[shape.key] = await self._measure(url, shape, model, sent)
             converged = conv.add_round(latencies)
             log.debug("warmup %s round %d: %s", name, len(conv.rounds), latencies)
             if converged or self.clock.now() - start >= self.p.deadline:
@@ -124,7 +125,7 @@ class Warmer:
             converged=converged,
             rounds=len(conv.rounds),
             seconds=self.clock.now() - start,
-            requests=self.requests_sent - sent0,
+            requests=sent[0],
             latencies=conv.last,
             unsettled=tuple(conv.unsettled()),
         )
