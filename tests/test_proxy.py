@@ -88,13 +88,15 @@ async def test_unknown_model_is_404_model_not_found(gw):
 
 async def test_bad_inputs_get_clear_errors(gw):
     async with aiohttp.ClientSession() as s:
-        async with s.post(gw.url + "/v1/completions", data=b"{not json") as r:
+        js = {"Content-Type": "application/json"}
+        async with s.post(gw.url + "/v1/completions", data=b"{not json", headers=js) as r:
             assert r.status == 400
             assert "not valid JSON" in (await r.json())["error"]["message"]
-        async with s.post(gw.url + "/v1/completions", data=b"[1, 2]") as r:
+        async with s.post(gw.url + "/v1/completions", data=b"[1, 2]", headers=js) as r:
             assert r.status == 400
         big = json.dumps({"model": "tiny", "prompt": "x" * (9 * 1024 * 1024)})
-        async with s.post(gw.url + "/v1/completions", data=io.BytesIO(big.encode())) as r:
+        async with s.post(gw.url + "/v1/completions", data=io.BytesIO(big.encode()),
+                          headers=js) as r:
             assert r.status == 413
             assert (await r.json())["error"]["code"] == "request_too_large"
         # the gateway still serves afterwards
