@@ -52,17 +52,21 @@ class Watcher:
         self.connected = False
 
     async def run(self) -> None:
+        """List once, then watch from the last resourceVersion seen, again and again; after
+        an outage, watch on from there; on 410 Expired, list again (and diff)."""
         backoff = 0.25
         while True:
             try:
-                await self._list()
-                backoff = 0.25
+                if self.rv is None:
+                    await self._list()
                 while True:
                     await self._watch()
+                    backoff = 0.25
             except asyncio.CancelledError:
                 raise
             except Expired as e:
                 log.info("%s: watch expired (%s); listing again", self.what, e)
+                self.rv = None
             except (aiohttp.ClientError, TimeoutError, OSError, ApiError, ValueError) as e:
                 if self.connected:
                     log.warning("%s: API unreachable (%s); keeping the last %d known; retrying",
@@ -101,6 +105,9 @@ class Watcher:
                 raise Expired(f"HTTP 410 for resourceVersion {self.rv}")
             if resp.status != 200:
                 raise ApiError(f"WATCH answered {resp.status}: {(await resp.read())[:200]!r}")
+            if not self.connected:
+                log.info("%s: watching again from resourceVersion %s", self.what, self.rv)
+                self.connected = True
             async for line in resp.content:
                 if line.strip():
                     self._event(json.loads(line))
