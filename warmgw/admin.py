@@ -96,11 +96,12 @@ class Admin:
 
     async def cutover(self, request: web.Request) -> web.Response:
         body = await self._body(request)
+        base = self.gw.policy_core()
         try:
             rec = self.gw.bluegreen.cutover(request_from_json(body))
         except CutoverError as e:
             return _error(e.status, str(e), **e.details)
-        if not await self.gw.commit_policy():
+        if not await self.gw.commit_policy(base, self.gw.policy_core()):
             return _conflict(self.gw.bluegreen.active)
         log.info("cutover %s -> %s (%s) by admin call", rec.frm, rec.to, rec.mode)
         return _json({"cutover": rec.as_dict(), "policy": self.gw.bluegreen.state().shares})
@@ -110,11 +111,12 @@ class Admin:
         force = body.get("force", False) if isinstance(body, dict) else None
         if not isinstance(force, bool):
             return _error(400, f"field 'force' must be true or false, got {force!r}")
+        base = self.gw.policy_core()
         try:
             rec = self.gw.bluegreen.rollback(force)
         except CutoverError as e:
             return _error(e.status, str(e), **e.details)
-        if not await self.gw.commit_policy():
+        if not await self.gw.commit_policy(base, self.gw.policy_core()):
             return _conflict(self.gw.bluegreen.active)
         log.info("rollback %s -> %s by admin call", rec.frm, rec.to)
         return _json({"cutover": rec.as_dict(), "policy": self.gw.bluegreen.state().shares})

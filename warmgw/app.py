@@ -7,7 +7,6 @@ import json
 import logging
 import random
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -23,7 +22,7 @@ from warmgw.core.lifecycle import WARM
 from warmgw.core.model import Endpoint, EndpointSpec
 from warmgw.core.policy import TrafficPolicy
 from warmgw.core.registry import Registry, Strategy
-from warmgw.discovery.kube import KubeDiscovery, default_identity
+from warmgw.discovery.kube import KubeDiscovery, default_identity, own_namespace
 from warmgw.discovery.kube import api_client as kube_api_client
 from warmgw.policy_store import (
     STORE_ERRORS,
@@ -33,7 +32,7 @@ from warmgw.policy_store import (
     PolicyConflict,
     PolicyStore,
 )
-from warmgw.proxy import Proxy
+from warmgw.proxy import ClientLimits, Proxy
 from warmgw.supervisor import Supervisor
 from warmgw.warmup import Warmer
 
@@ -43,20 +42,6 @@ log = logging.getLogger("warmgw")
 # VLLM_HTTP_TIMEOUT_KEEP_ALIVE, 5 s) closes them: a request sent on a connection the replica
 # is closing at that moment would fail with no way to know whether it was taken.
 UPSTREAM_KEEPALIVE = 4.0
-
-
-@dataclass(frozen=True, slots=True)
-class ClientLimits:
-    """What a client connection may take, so slow or idle clients cannot hold sockets and
-    handlers. aiohttp's header-read bound is its keep-alive timer, which starts when the
-    connection opens and again after each response: a client has idle_timeout to send a
-    whole request head, and an idle connection is closed after it."""
-
-    idle_timeout: float = 75.0  # above a cloud L7 balancer's usual 60 s idle timeout
-    body_timeout: float = 60.0  # for a request body, once its head has arrived
-    max_line_size: int = 8190  # request line and each header line; longer: 400
-    max_field_size: int = 8190
-    max_headers: int = 128  # more header lines: 400
 
 
 class _ServerLog(logging.LoggerAdapter[logging.Logger]):
@@ -70,6 +55,11 @@ class _ServerLog(logging.LoggerAdapter[logging.Logger]):
             self.debug(f"{msg}: %s", *args, exc_info)
             return
         super().exception(msg, *args, exc_info=exc_info, **kwargs)
+
+
+def _core(p: PolicyState) -> tuple[object, ...]:
+    """What a cutover decides: the active pool, the previous one and the shares."""
+    return (p.active, p.previous, tuple(sorted(p.shares.items())))
 
 
 def first_pool(config: Config) -> str:
@@ -164,7 +154,7 @@ class Gateway:
         self._sessions = [proxy_session, control_session]
         naive = cfg.lifecycle.strategy is Strategy.ROUND_ROBIN
         self.proxy = Proxy(self.registry, proxy_session, up, self.clock, self.rng, naive,
-                           body_timeout=self.limits.body_timeout)
+                           limits=self.limits)
         warmer = Warmer(control_session, cfg.warmup, self.clock)
         if cfg.kubernetes is not None:
             await self._start_kube(cfg.kubernetes)
@@ -244,13 +234,14 @@ class Gateway:
 
     async def _start_kube(self, k: KubeParams) -> None:
         self._kube_api = await kube_api_client(k.kubeconfig)
+        ns = k.namespace or own_namespace()
         self.kube = KubeDiscovery(
-            self._kube_api, self.registry, k.namespace, k.label_selector, k.pool_label, k.port,
+            self._kube_api, self.registry, ns, k.label_selector, k.pool_label, k.port,
             k.model, k.identity or default_identity(), k.readiness_gate, k.lease_duration,
             k.watch_timeout,
         )
         if k.policy_configmap:
-            self.store = ConfigMapStore(self._kube_api, k.namespace, k.policy_configmap,
+            self.store = ConfigMapStore(self._kube_api, ns, k.policy_configmap,
                                         k.watch_timeout)
 
     # -- the traffic policy -----------------------------------------------------------------
@@ -259,22 +250,36 @@ class Gateway:
         """Another gateway replica changed the stored policy: take it."""
         self.bluegreen.restore(policy, follow=True)
 
-    async def commit_policy(self) -> bool:
-        """Store the current policy. False if another replica changed it first; then the
-        stored one has been taken instead."""
+    def policy_core(self) -> tuple[object, ...]:
+        return _core(self.bluegreen.state())
+
+    async def commit_policy(self, base: tuple[object, ...] | None = None,
+                            decided: tuple[object, ...] | None = None) -> bool:
+        """Store the current policy (compare-and-swap on the store's version).
+
+        base: the policy the caller's decision started from; decided: what it decided. A
+        conflict with a stored policy that still equals base (or ours) is bookkeeping only
+        (drain times) and is retried; anything else means another gateway replica switched
+        first: its policy is taken here and False returned."""
         async with self._policy_lock:
-            try:
-                await self.store.save(self.bluegreen.state())
-                return True
-            except STORE_ERRORS as e:  # applied here; the writer keeps trying to store it
-                log.error("policy applied but not stored yet (%s); retrying", e)
-                self._policy_dirty.set()
-                return True
-            except PolicyConflict:
-                remote = await self.store.load()
-                if remote is not None:
+            if decided is not None and self.policy_core() != decided:
+                return False  # a stored change from elsewhere was applied meanwhile
+            for _ in range(5):
+                mine = self.bluegreen.state()
+                try:
+                    await self.store.save(mine)
+                    return True
+                except STORE_ERRORS as e:  # applied here; the writer keeps trying
+                    log.error("policy applied but not stored yet (%s); retrying", e)
+                    self._policy_dirty.set()
+                    return True
+                except PolicyConflict:
+                    remote = await self.store.load()
+                    if remote is None or _core(remote) == (base or _core(mine)):
+                        continue  # only bookkeeping changed there: write ours again
                     self.bluegreen.restore(remote, follow=True)
-                return False
+                    return False
+            return False
 
     async def _policy_writer(self) -> None:
         while True:
@@ -372,11 +377,7 @@ async def serve_forever(config: Config) -> None:
     from warmgw.config import ConfigError
 
     gw = Gateway(config)
-    try:
-        await gw.start()
-    except BaseException:  # e.g. an unreadable state file: close what was opened, then say so
-        await gw.stop()
-        raise
+    await gw.start()  # on failure (e.g. an unreadable state file) it has closed what it opened
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGINT, stop.set)

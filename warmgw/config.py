@@ -58,7 +58,7 @@ class AdminParams:
 
 @dataclass(frozen=True, slots=True)
 class KubeParams:
-    namespace: str = "default"
+    namespace: str | None = None  # None: the gateway pod's own (in-cluster), else default
     label_selector: str = "app=vllm"
     pool_label: str = "warmgw.io/pool"
     port: int = 8000
@@ -143,6 +143,8 @@ def _coerce(raw: Any, default: Any, where: str) -> Any:
         if not isinstance(raw, list) or not raw:
             raise ConfigError(f"{where}: expected a non-empty list, got {raw!r}")
         return tuple(_coerce(x, default[0], f"{where}[{i}]") for i, x in enumerate(raw))
+    if default is None and raw is None:
+        return None  # an optional key given as null: its default
     if isinstance(default, str) or default is None:
         if not isinstance(raw, str) or not raw:
             raise ConfigError(f"{where}: expected a non-empty string, got {raw!r}")

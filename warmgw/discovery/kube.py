@@ -35,6 +35,18 @@ log = logging.getLogger("warmgw.kubernetes")
 STRATEGIC = "application/strategic-merge-patch+json"
 
 
+SA_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+
+def own_namespace() -> str:
+    """The namespace of the gateway's own pod (in-cluster), else "default"."""
+    try:
+        with open(SA_NAMESPACE) as f:
+            return f.read().strip() or "default"
+    except OSError:
+        return "default"
+
+
 def default_identity() -> str:
     return os.environ.get("POD_NAME") or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
 
