@@ -127,3 +127,23 @@ async def test_restarted_replica_is_rewarmed_before_user_traffic() -> None:
         # only the requests running on r1 at the restart may fail, and they fail clearly
         errors = [s for s in load.samples if not s.ok]
         assert len(errors) <= 6, errors
+
+
+async def test_warmup_is_idempotent_a_warm_replica_takes_one_round() -> None:
+    async with SimFleet(COLD, replicas=2) as fleet:
+        cfg = gateway_config({"r0": fleet.urls[0], "r1": fleet.urls[1]}, warmup=WARMUP)
+        async with Gateway(cfg) as gw:
+            await wait_all_ready(gw, timeout=40)
+            first = [t.reason for t in gw.registry.history
+                     if t.frm is State.WARMING and t.to is State.RAMPING]
+            # cold: the first replicas needed more than one round to settle
+            assert all("after 1 round(s)" not in r for r in first), first
+            sent = fleet.replicas[0].stats.warmup_requests
+            gw.registry.rewarm("r0")
+            await wait_state(gw, "r0", State.RAMPING, timeout=20)
+            again = gw.registry.history[-1]
+            assert again.name == "r0" and "converged after 1 round(s)" in again.reason
+            cold = [r.stats.warmup_cold_hits for r in fleet.replicas]
+            assert cold[0] == cold[1]  # the rewarm paid no cold start: it was warm
+            per_round = fleet.replicas[0].stats.warmup_requests - sent
+            assert 0 < per_round <= sent / 2  # one round, not a whole warmup again
