@@ -1,7 +1,7 @@
 """The operator's status page in a real browser (Debian's chromium, driven by playwright's
 async API on the test's own loop, next to the gateway): sign-in, the live replica table, a
 replica seen changing state, a refused and an accepted cutover from the page's form.
-Leaves a screenshot in docs/status-page.png."""
+Takes a screenshot; with WARMGW_SCREENSHOT=1 it replaces docs/status-page.png."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ async def test_static_files_are_open_and_the_api_is_not():
                 assert r.status == 401
 
 
-async def test_status_page_in_a_browser():
+async def test_status_page_in_a_browser(tmp_path):
     from playwright.async_api import async_playwright, expect
 
     t0 = time.monotonic()
@@ -152,7 +152,10 @@ async def test_status_page_in_a_browser():
                     await page.wait_for_timeout(1500)  # a little more history in the charts
                     await page.mouse.move(0, 0)
                     SCREENSHOT.parent.mkdir(exist_ok=True)
-                    await page.screenshot(path=str(SCREENSHOT))
+                    shot = SCREENSHOT if os.environ.get("WARMGW_SCREENSHOT") == "1" else (
+                        tmp_path / "status-page.png")
+                    await page.screenshot(path=str(shot))
+                    assert shot.stat().st_size > 10_000
 
                 # the token lasts as long as the tab: a reload goes straight to the page
                 await page.reload()
