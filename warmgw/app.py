@@ -6,12 +6,14 @@ import asyncio
 import json
 import logging
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from warmgw import metrics, status
 from warmgw.admin import Admin
@@ -42,6 +44,24 @@ log = logging.getLogger("warmgw")
 # VLLM_HTTP_TIMEOUT_KEEP_ALIVE, 5 s) closes them: a request sent on a connection the replica
 # is closing at that moment would fail with no way to know whether it was taken.
 UPSTREAM_KEEPALIVE = 4.0
+
+
+class _RuntimeCollector(Collector):
+    """The gateway process's own load, for leak hunting (soak tests, dashboards)."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            tasks = len(asyncio.all_tasks())
+        except RuntimeError:  # collected outside the event loop
+            return
+        yield GaugeMetricFamily("warmgw_asyncio_tasks",
+                                "asyncio tasks alive in the gateway's event loop.", value=tasks)
+        yield GaugeMetricFamily("warmgw_client_connections",
+                                "Client connections open on the gateway's listeners.",
+                                value=self.gw.client_connections)
 
 
 class _ServerLog(logging.LoggerAdapter[logging.Logger]):
@@ -113,6 +133,7 @@ class Gateway:
         self.admin_port = 0
         self.stopping = False
         self._metrics_registry = metrics.registry_for(self)
+        self._metrics_registry.register(_RuntimeCollector(self))
 
     @property
     def url(self) -> str:
@@ -147,15 +168,18 @@ class Gateway:
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept-Encoding"),
         )
-        control_session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0),
+        # Probes and health checks (about one request at a time per replica) apart from
+        # warmup (bursts of up to the largest concurrency step): sharing one pool, the
+        # checks would keep a whole burst's connections alive forever by taking them in turn.
+        control_session, warm_session = (aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=UPSTREAM_KEEPALIVE),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=up.connect_timeout),
-        )
-        self._sessions = [proxy_session, control_session]
+        ) for _ in range(2))
+        self._sessions = [proxy_session, control_session, warm_session]
         naive = cfg.lifecycle.strategy is Strategy.ROUND_ROBIN
         self.proxy = Proxy(self.registry, proxy_session, up, self.clock, self.rng, naive,
                            limits=self.limits)
-        warmer = Warmer(control_session, cfg.warmup, self.clock)
+        warmer = Warmer(warm_session, cfg.warmup, self.clock)
         if cfg.kubernetes is not None:
             await self._start_kube(cfg.kubernetes)
         saved = await self.store.load()

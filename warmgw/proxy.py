@@ -3,6 +3,12 @@
 Streams are passed chunk by chunk as they arrive. A client that disconnects cancels its
 handler (the server runs with handler_cancellation), which closes the upstream connection,
 so vLLM aborts the request. In-flight counts are kept in `finally`.
+
+What a client sends is not trusted (see ClientLimits): headers must fit `max_head_bytes`
+in all (431), a body must be JSON (415 for another Content-Type, 400 for bad JSON), arrive
+within `body_timeout` (408, then the connection is closed: a slow sender cannot hold a
+handler) and fit `max_body_bytes` (413); an `X-Request-Id` that is not printable ASCII of at
+most 128 characters is replaced, never passed on.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import json
 import logging
 import random
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -35,10 +42,29 @@ HOP = frozenset(
     {
         "connection", "keep-alive", "proxy-connection", "proxy-authenticate",
         "proxy-authorization", "te", "trailer", "trailers", "transfer-encoding", "upgrade",
-        "host", "content-length", "date", "server",
+        "host", "content-length", "date", "server", "expect",
     }
 )
-UPSTREAM_CUT = (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, TimeoutError)
+# What a replica can do to a request it has taken: cut it, reset it, send garbage, go quiet.
+# (A refused or timed-out connect is caught before these: the request was not sent.)
+UPSTREAM_CUT = (aiohttp.ClientError, TimeoutError)
+MAX_REQUEST_ID = 128
+
+
+@dataclass(frozen=True, slots=True)
+class ClientLimits:
+    """What one client request or connection may take, so that slow, idle or bloated
+    clients cannot hold sockets, handlers and memory. aiohttp's bound on reading a request
+    head is its keep-alive timer, which starts when a connection opens and again after each
+    response: a client has idle_timeout to send a whole head, and an idle connection is
+    closed after it."""
+
+    idle_timeout: float = 75.0  # s; above a cloud L7 balancer's usual 60 s idle timeout
+    body_timeout: float = 60.0  # s for a whole request body, once its head has arrived
+    max_line_size: int = 8190  # the request line, and each header line (aiohttp: 400)
+    max_field_size: int = 8190
+    max_headers: int = 128  # header lines (aiohttp: 400)
+    max_head_bytes: int = 32768  # all header names and values together (431), like nginx
 
 
 class _NotSent(Exception):
@@ -59,6 +85,7 @@ class Proxy:
         clock: Clock,
         rng: random.Random,
         naive: bool = False,
+        limits: ClientLimits | None = None,
     ) -> None:
         self.registry = registry
         self.session = session
@@ -66,6 +93,9 @@ class Proxy:
         self.clock = clock
         self.rng = rng
         self.naive = naive
+        lim = limits or ClientLimits()
+        self.body_timeout = lim.body_timeout
+        self.max_head_bytes = lim.max_head_bytes
         self._models_cache: tuple[int, bytes] = (-1, b"")
         # the handler tasks in flight on each endpoint, so a drain deadline can cut them
         self.running: dict[Endpoint, set[asyncio.Task[Any] | None]] = {}
@@ -98,9 +128,30 @@ class Proxy:
         model: str | None = None
         stream = False
         max_tokens = 16
+        headers = CIMultiDict[str]()
+        size = 0
+        for k, v in request.headers.items():
+            size += len(k) + len(v)
+            if k.lower() not in HOP:
+                headers.add(k, v)
+        if size > self.max_head_bytes:
+            return errors.response(
+                431, f"request headers are larger than the limit of {self.max_head_bytes} "
+                "bytes", "invalid_request_error", "headers_too_large",
+            )
         if request.method == "POST":
+            ctype = request.headers.get("Content-Type")
+            if ctype and ctype != "application/json" and not _is_json(request.content_type):
+                return errors.response(
+                    415, f"Content-Type must be application/json, got {ctype[:100]!r}",
+                    "invalid_request_error", "unsupported_media_type",
+                )
             try:
-                body = await request.read()
+                if request.content.is_eof():  # the whole body came with the headers
+                    body = await request.read()
+                else:
+                    async with asyncio.timeout(self.body_timeout):
+                        body = await request.read()
             except web.HTTPRequestEntityTooLarge:
                 return errors.response(
                     413,
@@ -108,9 +159,11 @@ class Proxy:
                     "invalid_request_error",
                     "request_too_large",
                 )
+            except TimeoutError:
+                return await self._too_slow(request)
             try:
                 obj: Any = json.loads(body) if body else {}
-            except ValueError as e:
+            except (ValueError, RecursionError) as e:
                 return errors.response(
                     400, f"request body is not valid JSON: {e}", "invalid_request_error",
                     "invalid_json",
@@ -153,14 +206,28 @@ class Proxy:
                     404, f"The model `{model}` does not exist.", "invalid_request_error",
                     "model_not_found", "model",
                 )
-        rid = request.headers.get("X-Request-Id") or uuid.uuid4().hex
-        headers = CIMultiDict[str]()
-        for k, v in request.headers.items():
-            if k.lower() not in HOP:
-                headers.add(k, v)
+        rid = request.headers.get("X-Request-Id")
+        if not rid or len(rid) > MAX_REQUEST_ID or not (rid.isascii() and rid.isprintable()):
+            rid = uuid.uuid4().hex
         headers["X-Request-Id"] = rid
         key = shape_key(stream, len(body), max_tokens)
         return await self._send(request, route, body, headers, model or "", key, rid)
+
+    async def _too_slow(self, request: web.Request) -> web.StreamResponse:
+        """The body did not arrive in time: answer 408 and close the connection, so that a
+        slow sender does not keep it (aiohttp would otherwise linger, reading the rest)."""
+        resp = errors.response(
+            408, f"the request body did not arrive within {self.body_timeout:g} s",
+            "invalid_request_error", "request_timeout",
+        )
+        resp.force_close()
+        try:
+            await resp.prepare(request)
+            await resp.write_eof()
+        except ConnectionResetError:
+            pass
+        request.protocol.force_close()
+        return resp
 
     # -- forwarding ----------------------------------------------------------------------
 
@@ -249,7 +316,7 @@ class Proxy:
             raise _NotSent(str(e) or type(e).__name__, down=True) from None
         except aiohttp.ConnectionTimeoutError:
             raise _NotSent("connect timed out") from None
-        except UPSTREAM_CUT as e:
+        except UPSTREAM_CUT as e:  # it had the request: not retried, counts against it
             self.registry.failure(ep, _what(e))
             code = 504 if isinstance(e, TimeoutError) else 502
             self.stats.count(ep.pool, ep.name, route_of(request.path), code)
@@ -270,26 +337,24 @@ class Proxy:
         key: int,
         t0: float,
     ) -> web.StreamResponse:
+        """Pass the body through as it comes. Errors writing to the client are the client's
+        (it left: 499) and end here; errors reading from the replica count against it."""
+        route = route_of(request.path)
         resp = web.StreamResponse(status=up.status, headers=out)
-        await resp.prepare(request)
+        try:
+            await resp.prepare(request)
+        except ConnectionResetError:
+            self.stats.count(ep.pool, ep.name, route, 499)
+            return resp
         sse = up.content_type == "text/event-stream"
         ttfb = -1.0
         content = up.content
+        last = b"\n\n"
         while True:
             try:
                 chunk = await content.readany()
             except UPSTREAM_CUT as e:
-                self.registry.failure(ep, f"stream cut: {_what(e)}")
-                self.stats.count(ep.pool, ep.name, route_of(request.path), 502)
-                log.debug("replica %s cut a stream: %s", ep.name, _what(e))
-                if not sse:
-                    raise
-                msg = f"replica {ep.name} failed mid-stream: {_what(e)}"
-                try:
-                    await resp.write(errors.sse_event(msg, "upstream_error", 502))
-                except ConnectionResetError:
-                    pass
-                return resp
+                return await self._cut(request, ep, resp, sse, last, e)
             if not chunk:
                 break
             if ttfb < 0.0:
@@ -297,15 +362,48 @@ class Proxy:
             try:
                 await resp.write(chunk)
             except ConnectionResetError:  # the client left; leaving closes the upstream
-                self.stats.count(ep.pool, ep.name, route_of(request.path), 499)
+                self.stats.count(ep.pool, ep.name, route, 499)
                 return resp
-        await resp.write_eof()
-        self.stats.count(ep.pool, ep.name, route_of(request.path), up.status)
+            last = chunk
+        try:
+            await resp.write_eof()
+        except ConnectionResetError:
+            self.stats.count(ep.pool, ep.name, route, 499)
+            return resp
+        self.stats.count(ep.pool, ep.name, route, up.status)
         if up.status >= 500:
             self.registry.failure(ep, f"HTTP {up.status}")
         elif up.status < 400 and ttfb >= 0.0:
             self.registry.observe(ep, model, key, ttfb)
             self.stats.latency(ep.pool, ttfb, self.clock.now() - t0)
+        return resp
+
+    async def _cut(
+        self,
+        request: web.Request,
+        ep: Endpoint,
+        resp: web.StreamResponse,
+        sse: bool,
+        last: bytes,
+        e: BaseException,
+    ) -> web.StreamResponse:
+        """The replica failed after the response began. An SSE stream ends with an error
+        event (its own event even if the replica stopped mid-event), so clients raise an
+        error instead of taking a short answer for a whole one; any other body is cut off
+        (no final chunk), which is how HTTP says the same."""
+        code = 504 if isinstance(e, TimeoutError) else 502
+        self.registry.failure(ep, f"stream cut: {_what(e)}")
+        self.stats.count(ep.pool, ep.name, route_of(request.path), code)
+        log.debug("replica %s cut a stream: %s", ep.name, _what(e))
+        if sse:
+            msg = f"replica {ep.name} failed mid-stream: {_what(e)}"
+            event = errors.sse_event(msg, "upstream_error", code)
+            try:
+                await resp.write(event if last.endswith(b"\n\n") else b"\n\n" + event)
+                return resp
+            except ConnectionResetError:
+                pass
+        request.protocol.force_close()
         return resp
 
     # -- models --------------------------------------------------------------------------
@@ -326,6 +424,12 @@ def _sole_model(snap: Snapshot) -> str | None:
     if len(snap.known_models) == 1:
         return next(iter(snap.known_models))
     return None
+
+
+def _is_json(mime: str) -> bool:
+    """application/json (any parameters) or a +json type, e.g. application/merge-patch+json."""
+    return mime == "application/json" or (mime.startswith("application/") and
+                                          mime.endswith("+json"))
 
 
 def _no_replica(message: str) -> web.Response:

@@ -1,0 +1,347 @@
+"""The gateway's overhead: the same load sent straight to a replica and through warmgw.
+
+    .venv/bin/python -m loadtest.overhead [--quick] [--requests N] [--concurrency 1,16,64]
+
+Four processes: a simulated replica with near-zero latency, the gateway (`python -m warmgw
+serve`), optional peer proxies found on PATH, and an aiohttp load generator; this one only
+orchestrates. For each mode (JSON, stream) and concurrency, the requests of each target
+are split into rounds, and the targets take turns round by round (the order rotating) so
+that a noisy machine slows them alike. Reported per target: req/s, p50/p99 latency, the
+added latency over direct, and CPU microseconds per request from /proc/PID/stat of the
+proxy's processes (the replica's and load generator's CPU are not in that figure).
+
+Writes loadtest/results/overhead.json. Exit status 1 if any request failed or the time
+limit cut the run short.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from loadtest.driver import LoadGen
+from loadtest.peers import PEERS
+from loadtest.procs import CLK_TCK, Child, ChildFailed, Children, cpu_seconds, host_cpu
+from loadtest.report import table
+from loadtest.stats import Run, summarise
+from loadtest.targets import ReplicaSpec, Target, Unavailable, gateway_starter, start_replica
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "loadtest" / "results"
+PATH = "/v1/completions"
+WORDS = "the quick brown fox jumps over the lazy dog and then some more words to read".split()
+
+
+@dataclass(frozen=True)
+class Options:
+    requests: int = 4000  # per (mode, concurrency, target), split over the rounds
+    rounds: int = 4
+    concurrency: tuple[int, ...] = (1, 16, 64)
+    stream: bool = True  # also run the streaming variant
+    warmup: int | None = None  # per run; None: max(2 c, 100), or max(c, 10) when quick
+    max_tokens: int = 8
+    prompt_words: int = 16  # ~6 bytes a word; the simulator counts a token per word
+    strategy: str = "warm"
+    peers: tuple[str, ...] = tuple(PEERS)
+    time_limit: float = 900.0  # the whole benchmark
+    run_limit: float = 60.0  # one run
+    out: Path = RESULTS / "overhead.json"
+    profile: str | None = None  # "cprofile": the gateway runs under cProfile
+    py_spy: str | None = None  # a py-spy binary: record the gateway's stacks
+    py_spy_native: bool = False  # with C frames (uvloop, libc: where syscalls show)
+    compare_src: Path | None = None  # another warmgw source tree, run as a third target
+    quick: bool = False
+
+    def warmup_for(self, c: int) -> int:
+        if self.warmup is not None:
+            return self.warmup
+        return max(c, 10) if self.quick else max(2 * c, 100)
+
+
+QUICK: dict[str, Any] = {"requests": 40, "rounds": 2, "time_limit": 25.0, "run_limit": 5.0}
+
+
+def parse_args(argv: list[str] | None) -> Options:
+    p = argparse.ArgumentParser(prog="python -m loadtest.overhead", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--requests", type=int, help="per mode, concurrency and target (4000)")
+    p.add_argument("--rounds", type=int, help="interleaved rounds per cell (4)")
+    p.add_argument("--concurrency", default="1,16,64", help="comma-separated (1,16,64)")
+    p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True,
+                   help="also run streaming requests (default on)")
+    p.add_argument("--warmup", type=int, help="warmup requests per run (max(2c, 100))")
+    p.add_argument("--max-tokens", type=int, default=8)
+    p.add_argument("--prompt-words", type=int, default=16,
+                   help="prompt size in words (16); the replica accepts up to 4096 tokens")
+    p.add_argument("--strategy", default="warm", choices=["warm", "round_robin"])
+    p.add_argument("--peers", default=",".join(PEERS),
+                   help=f"peer proxies to try if installed ({','.join(PEERS)}; 'none')")
+    p.add_argument("--time-limit", type=float, help="seconds for the whole benchmark (900)")
+    p.add_argument("--run-limit", type=float, help="seconds for one run (60)")
+    p.add_argument("--out", type=Path, default=RESULTS / "overhead.json")
+    p.add_argument("--profile", choices=["cprofile"],
+                   help="run the gateway under cProfile (its figures are then not comparable)")
+    p.add_argument("--py-spy", metavar="BIN",
+                   help="record the gateway's stacks with this py-spy binary, into "
+                        "gateway-py-spy.txt beside --out (collapsed stacks)")
+    p.add_argument("--py-spy-native", action="store_true", help="with C frames")
+    p.add_argument("--compare-src", type=Path, metavar="DIR",
+                   help="also run the warmgw package of this source tree (e.g. `git archive "
+                        "HEAD` unpacked) as another target")
+    p.add_argument("--quick", action="store_true", help="a small run for CI (< 30 s)")
+    a = p.parse_args(argv)
+    try:
+        conc = tuple(int(x) for x in a.concurrency.split(",") if x.strip())
+    except ValueError:
+        p.error(f"--concurrency: expected numbers like 1,16,64, got {a.concurrency!r}")
+    peers = tuple(x for x in a.peers.split(",") if x and x != "none")
+    for name in peers:
+        if name not in PEERS:
+            p.error(f"--peers: unknown peer {name!r} (known: {', '.join(PEERS)})")
+    opts = Options(quick=a.quick, **(QUICK if a.quick else {}))
+    given: dict[str, Any] = {
+        "requests": a.requests, "rounds": a.rounds, "time_limit": a.time_limit,
+        "run_limit": a.run_limit, "warmup": a.warmup,
+    }
+    opts = replace(
+        opts, concurrency=conc, stream=a.stream, max_tokens=a.max_tokens,
+        prompt_words=a.prompt_words, strategy=a.strategy,
+        peers=peers, out=a.out, profile=a.profile, py_spy=a.py_spy,
+        py_spy_native=a.py_spy_native,
+        compare_src=a.compare_src.resolve() if a.compare_src else None,
+        **{k: v for k, v in given.items() if v is not None},
+    )
+    if not conc or min(conc) < 1 or opts.requests < opts.rounds or opts.rounds < 1:
+        p.error("need concurrency >= 1, rounds >= 1 and requests >= rounds")
+    if not 1 <= opts.prompt_words <= 4000 - opts.max_tokens or opts.max_tokens < 1:
+        p.error("need 1 <= --prompt-words <= 4000 - --max-tokens, and --max-tokens >= 1")
+    return opts
+
+
+# -- one run ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Bench:
+    """What every run needs: the load generator and the processes whose CPU is read."""
+
+    loadgen: LoadGen
+    replica: Target
+    opts: Options
+
+    def measure(self, target: Target, mode: str, c: int, n: int, rnd: int) -> Run:
+        prompt = " ".join(WORDS[i % len(WORDS)] for i in range(self.opts.prompt_words))
+        body = {"model": "tiny", "prompt": prompt, "max_tokens": self.opts.max_tokens,
+                "stream": mode == "stream"}
+        spec = {"url": target.url, "path": PATH, "body": body, "stream": mode == "stream",
+                "concurrency": c, "warmup": self.opts.warmup_for(c), "requests": n,
+                "time_limit": self.opts.run_limit}
+        roles = {"target": target.pids, "replica": self.replica.pids,
+                 "loadgen": (self.loadgen.child.pid,)}
+
+        def probe() -> dict[str, float]:
+            out = {role: cpu_seconds(pids) for role, pids in roles.items()}
+            out["host_busy"], out["host_all"] = host_cpu()
+            out["bench"] = time.process_time()  # this process, probing
+            return out
+
+        done, before, after = self.loadgen.measure(spec, probe, self.opts.run_limit + 30.0)
+        delta = {k: after[k] - before[k] for k in after}
+        ours = delta["target"] + delta["loadgen"] + delta["bench"]
+        ours += delta["replica"] if target.proxy else 0.0
+        return Run(
+            target=target.name, mode=mode, concurrency=c, round=rnd, elapsed=done["elapsed"],
+            lat_us=tuple(done["lat_us"]), ttfb_us=tuple(done["ttfb_us"]),
+            errors=done["errors"] + done["warmup_errors"],
+            error_samples=tuple(done["error_samples"] + done["warmup_error_samples"]),
+            truncated=done["truncated"],
+            cpu={role: delta[role] for role in roles},
+            others_cpu=max(0.0, delta["host_busy"] - ours),
+            host_cpu=delta["host_all"],
+        )
+
+
+def plan(opts: Options, targets: list[Target]) -> list[tuple[str, int, int, int, Target]]:
+    """(mode, concurrency, requests, round, target) in run order: the rounds of a cell
+    interleave the targets, the order rotating each round."""
+    modes = ["json", "stream"] if opts.stream else ["json"]
+    out = []
+    for mode in modes:
+        for c in opts.concurrency:
+            for rnd in range(opts.rounds):
+                n = opts.requests // opts.rounds + (rnd < opts.requests % opts.rounds)
+                k = rnd % len(targets)
+                for t in targets[k:] + targets[:k]:
+                    out.append((mode, c, n, rnd, t))
+    return out
+
+
+# -- the benchmark ----------------------------------------------------------------------
+
+
+def start_targets(
+    kids: Children, opts: Options
+) -> tuple[Target, list[Target], dict[str, str]]:
+    """The replica, every target to measure (the replica first), and the peers missing."""
+    replica = start_replica(kids, ReplicaSpec(max_tokens=opts.max_tokens))
+    wrap = None
+    if opts.profile == "cprofile":
+        wrap = ["-m", "cProfile", "-o", str(opts.out.with_name("gateway.prof"))]
+    starters = [gateway_starter(kids.workdir, opts.strategy, wrap)]
+    if opts.compare_src is not None:
+        name = f"warmgw@{opts.compare_src.name}"
+        starters.append(gateway_starter(kids.workdir, opts.strategy, name=name,
+                                        src=opts.compare_src))
+    starters += [PEERS[name] for name in opts.peers]
+    targets = [replica]
+    unavailable: dict[str, str] = {}
+    for start in starters:
+        t = start(kids, replica.url)
+        if isinstance(t, Unavailable):
+            unavailable[t.name] = t.note
+        else:
+            targets.append(t)
+    return replica, targets, unavailable
+
+
+def run(opts: Options) -> dict[str, Any]:
+    t0 = time.monotonic()
+    deadline = t0 + opts.time_limit
+    runs: list[Run] = []
+    incomplete = False
+    opts.out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="warmgw-overhead-") as tmp, Children(
+        Path(tmp)
+    ) as kids:
+        replica, targets, unavailable = start_targets(kids, opts)
+        argv = [sys.executable, "-m", "loadtest.loadgen"]
+        loadgen = LoadGen(kids.start("loadgen", argv, pipes=True, cwd=REPO))
+        spy = _start_py_spy(kids, opts, targets[1])
+        bench = Bench(loadgen, replica, opts)
+        try:
+            for mode, c, n, rnd, target in plan(opts, targets):
+                if time.monotonic() > deadline:
+                    incomplete = True
+                    break
+                runs.append(bench.measure(target, mode, c, n, rnd))
+            loadgen.quit()  # otherwise (Ctrl-C, a failure) kids.close() kills it at once
+        finally:
+            if spy is not None:
+                spy.stop()  # SIGINT: py-spy writes its file
+    return {
+        "meta": _meta(opts, time.monotonic() - t0, incomplete),
+        "targets": [{"name": t.name, "url": t.url, "proxy": t.proxy} for t in targets]
+        + [{"name": k, "note": v} for k, v in unavailable.items()],
+        "unavailable": unavailable,
+        "summary": summarise(runs),
+        "runs": [_run_json(r) for r in runs],
+    }
+
+
+def _start_py_spy(kids: Children, opts: Options, gateway: Target) -> Child | None:
+    if opts.py_spy is None:
+        return None
+    out = opts.out.with_name("gateway-py-spy.txt")
+    argv = [opts.py_spy, "record", "--pid", str(gateway.pids[0]), "--format", "raw",
+            "--rate", "200", "--output", str(out)]
+    if opts.py_spy_native:
+        argv.append("--native")
+    return kids.start("py-spy", argv, stop_signal=signal.SIGINT, grace=20.0)
+
+
+def _run_json(r: Run) -> dict[str, Any]:
+    d = asdict(r)
+    del d["lat_us"], d["ttfb_us"]
+    d["completed"] = r.completed
+    d["cpu_us_per_req"] = {k: round(v * 1e6 / r.completed, 1) if r.completed else None
+                           for k, v in r.cpu.items()}
+    return d
+
+
+def _meta(opts: Options, elapsed: float, incomplete: bool) -> dict[str, Any]:
+    import aiohttp
+
+    d = asdict(opts)
+    d["out"] = str(opts.out)
+    d["compare_src"] = str(opts.compare_src) if opts.compare_src else None
+    with open("/proc/loadavg") as f:
+        loadavg = f.read().split()[:3]
+    return {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "options": d,
+        "elapsed_s": round(elapsed, 1),
+        "incomplete": incomplete,
+        "cpus": os.cpu_count(),
+        "loadavg_after": loadavg,
+        "clk_tck": CLK_TCK,
+        "git": _git(),
+        "python": platform.python_version(),
+        "aiohttp": aiohttp.__version__,
+        "replica": asdict(ReplicaSpec(max_tokens=opts.max_tokens)) | {"ttft": 0, "itl": 0},
+        "profiled": bool(opts.profile or opts.py_spy),
+        "cpu_source": "/proc/PID/stat utime+stime, process and descendants",
+    }
+
+
+def _git() -> dict[str, Any]:
+    """The commit measured, and the files under warmgw/ changed from it (what ran)."""
+
+    def git(*args: str) -> str:
+        try:
+            out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
+                                 timeout=10, check=True)
+        except (OSError, subprocess.SubprocessError):
+            return ""
+        return out.stdout.rstrip("\n")  # keep the leading blank of " M file"
+
+    changed = git("status", "--porcelain", "--", "warmgw")
+    return {"commit": git("rev-parse", "HEAD"),
+            "warmgw_changes": [line[3:] for line in changed.splitlines()]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_args(argv)
+    try:
+        results = run(opts)
+    except ChildFailed as e:
+        print(f"overhead: {e}", file=sys.stderr)
+        return 2
+    opts.out.write_text(json.dumps(results, indent=1) + "\n")
+    m = results["meta"]
+    print(
+        f"warmgw overhead: 1 sim replica (ttft 0, itl 0, max_tokens {opts.max_tokens}, "
+        f"prompt {opts.prompt_words} words), "
+        f"strategy {opts.strategy}, {opts.requests} requests per cell in {opts.rounds} "
+        f"interleaved rounds, {m['cpus']} CPUs, {m['elapsed_s']} s"
+        + (" [PROFILED: not comparable]" if m["profiled"] else "")
+    )
+    print(table(results["summary"], results["unavailable"]))
+    print(f"wrote {opts.out}")
+    failed = m["incomplete"] or any(r["errors"] for r in results["summary"])
+    if m["incomplete"]:
+        print("the time limit stopped the benchmark early", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # unwinds through the finally blocks that stop the children
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it
+    try:
+        raise SystemExit(main())
+    except KeyboardInterrupt:
+        print("interrupted; children stopped", file=sys.stderr)
+        raise SystemExit(130) from None
