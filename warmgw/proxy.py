@@ -18,7 +18,6 @@ import io
 import json
 import logging
 import random
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -208,7 +207,7 @@ class Proxy:
                 )
         rid = request.headers.get("X-Request-Id")
         if not rid or len(rid) > MAX_REQUEST_ID or not (rid.isascii() and rid.isprintable()):
-            rid = uuid.uuid4().hex
+            rid = f"{self.rng.getrandbits(128):032x}"
         headers["X-Request-Id"] = rid
         key = shape_key(stream, len(body), max_tokens)
         return await self._send(request, route, body, headers, model or "", key, rid)
@@ -243,7 +242,7 @@ class Proxy:
     ) -> web.StreamResponse:
         tried: list[Endpoint] = []
         last = ""
-        task = asyncio.current_task()
+        task = request.task
         running = self.running
         for _ in range(self.p.retries + 1):
             ep = pick(route, self.rng, self.clock.now(), tried, self.naive)
