@@ -19,7 +19,7 @@ from warmgw.sim import SimConfig, SimFleet
 from warmgw.warmup import Warmer
 
 COLD = SimConfig(
-    ttft_base=0.03, ttft_per_prompt_token=0.00005, itl=0.004, max_running=8,
+    ttft_base=0.08, ttft_per_prompt_token=0.00005, itl=0.01, max_running=8,
     cold_shape_penalty=1.5, cold_batch_penalty=0.8,
 )
 WARMUP = {"prompt_lengths": [16, 256, 1024], "max_tokens": [4], "concurrency": [1, 2, 4, 8],
