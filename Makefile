@@ -27,7 +27,19 @@ unit: $(STAMP)
 test: lint typecheck unit
 
 bench: $(STAMP)
-	$(PY) -m loadtest.overhead
+	$(PY) -m loadtest run scale_up && $(PY) -m loadtest run cutover && $(PY) -m loadtest.overhead
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+
+# Real vLLM (CPU) behind the gateway: a separate venv (~3.4 GB, cached in ~/.cache/warmgw),
+# a tiny local model, two replicas, tests/vllm. Not part of `make test`.
+VLLM_VENV ?= $(or $(WARMGW_VLLM_VENV),$(HOME)/.cache/warmgw/vllm-venv)
+VLLM_MODEL ?= $(or $(WARMGW_VLLM_MODEL),$(HOME)/.cache/warmgw/tiny-llama)
+
+.PHONY: test-vllm
+test-vllm: $(STAMP)
+	WARMGW_VLLM_VENV=$(VLLM_VENV) scripts/vllm-env.sh
+	HF_HUB_OFFLINE=1 $(VLLM_VENV)/bin/python tests/vllm/build_model.py $(VLLM_MODEL)
+	WARMGW_VLLM=1 WARMGW_VLLM_VENV=$(VLLM_VENV) WARMGW_VLLM_MODEL=$(VLLM_MODEL) \
+		$(VENV)/bin/pytest -q tests/vllm
