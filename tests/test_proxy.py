@@ -40,6 +40,7 @@ async def test_chat_and_completions_through_the_gateway(gw):
         assert comp.usage is not None and comp.usage.completion_tokens == 3
         models = await client.models.list()
         assert [m.id for m in models.data] == ["tiny"]
+        assert models.data[0].model_extra["max_model_len"] == 4096  # learnt from replicas
 
 
 async def test_streams_pass_through_with_usage(gw):

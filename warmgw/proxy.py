@@ -410,10 +410,15 @@ class Proxy:
     def models(self, snap: Snapshot) -> web.Response:
         version, cached = self._models_cache
         if version != snap.version:
-            data = [
-                {"id": m, "object": "model", "created": 0, "owned_by": "vllm", "root": m}
-                for m in sorted(snap.routes)
-            ]
+            data = []
+            for m, route in sorted(snap.routes.items()):
+                card: dict[str, Any] = {"id": m, "object": "model", "created": 0,
+                                        "owned_by": "vllm", "root": m, "parent": None}
+                lens = [e.max_model_len for g in route.groups for e in g.endpoints
+                        if e.max_model_len]
+                if lens:
+                    card["max_model_len"] = min(lens)  # what every replica accepts
+                data.append(card)
             cached = json.dumps({"object": "list", "data": data}).encode()
             self._models_cache = (snap.version, cached)
         return web.Response(body=cached, content_type="application/json")
