@@ -26,10 +26,13 @@ def parse(kind: Kind, body: Any) -> api.GenRequest:
         (Kind.COMPLETION, {"prompt": "a b c", "max_tokens": 2}, 3, 2, False, False),  # no model
         (Kind.COMPLETION, {"prompt": "a " * 15}, 15, 5, False, False),  # default clamped to fit
         (Kind.CHAT, {"messages": [{"role": "user", "content": "x y"}], "stream": True},
-         6, 8, True, False),
+         2 + 8, 8, True, False),
         (Kind.CHAT, {"messages": [{"role": "user", "content": "x"}], "max_tokens": 3,
                      "max_completion_tokens": 4, "stream": True,
-                     "stream_options": {"include_usage": True}}, 5, 4, True, True),
+                     "stream_options": {"include_usage": True}}, 1 + 8, 4, True, True),
+        # as real vLLM 0.32: clamped to max_model_len, not a 400; "yes" is a true "stream"
+        (Kind.COMPLETION, {"prompt": "a " * 10, "max_tokens": 11, "stream": "yes"},
+         10, 10, True, False),
     ],
 )  # fmt: skip
 def test_parse_ok(
@@ -45,14 +48,17 @@ def test_parse_ok(
     [
         (Kind.COMPLETION, b"{not json", 400, "JSON decode error"),
         (Kind.COMPLETION, [1, 2], 400, "object"),
-        (Kind.COMPLETION, {"model": "big", "prompt": "x"}, 404, "The model `big` does not exist."),
+        (Kind.COMPLETION, {"model": "big", "prompt": "x"}, 404,
+         "The model `big` does not exist. Valid aliases: tiny."),
         (Kind.COMPLETION, {"model": 3, "prompt": "x"}, 400, "model"),
         (Kind.COMPLETION, {"prompt": 7}, 400, "prompt"),
         (Kind.COMPLETION, {"prompt": "a " * 21}, 400, "maximum context length is 20"),
-        (Kind.COMPLETION, {"prompt": "a " * 10, "max_tokens": 11}, 400, "(11 > 20 - 10)"),
+        (Kind.COMPLETION, {"prompt": "a", "max_tokens": 21}, 400, "(21 > 20 - 1)"),
         (Kind.COMPLETION, {"prompt": "a", "max_tokens": 0}, 400, "max_tokens"),
         (Kind.CHAT, {"messages": []}, 400, "messages"),
-        (Kind.CHAT, {"messages": [{"role": "user", "content": "x"}], "stream": "yes"}, 400,
+        (Kind.CHAT, {"messages": [{"role": "user", "content": "x"}], "stream": "maybe"}, 400,
+         "stream"),
+        (Kind.CHAT, {"messages": [{"role": "user", "content": "x"}], "stream": 2}, 400,
          "stream"),
         (Kind.EMBEDDING, {"input": "a " * 21}, 400, "maximum context length"),
         (Kind.EMBEDDING, {"input": None}, 400, "prompt"),

@@ -13,7 +13,7 @@ from sim_helpers import scrape, vllm
 
 from warmgw.sim import SimReplica
 
-# 3 words + 4 template tokens = 7 prompt tokens
+# 3 words + 8 template tokens (per conversation) = 11 prompt tokens
 USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": "say something nice"}]
 
 
@@ -31,8 +31,8 @@ async def test_chat_non_stream(client: AsyncOpenAI) -> None:
     assert choice.message.role == "assistant"
     assert choice.message.content and choice.finish_reason == "length"
     assert resp.usage is not None
-    assert (resp.usage.prompt_tokens, resp.usage.completion_tokens) == (7, 5)
-    assert resp.usage.total_tokens == 12
+    assert (resp.usage.prompt_tokens, resp.usage.completion_tokens) == (11, 5)
+    assert resp.usage.total_tokens == 16
 
 
 async def test_chat_stream_with_usage(client: AsyncOpenAI) -> None:
@@ -52,7 +52,7 @@ async def test_chat_stream_with_usage(client: AsyncOpenAI) -> None:
     assert [c.choices[0].finish_reason for c in content] == [None, None, None, "length"]
     usage = chunks[-1]
     assert usage.choices == [] and usage.usage is not None
-    assert (usage.usage.prompt_tokens, usage.usage.completion_tokens) == (7, 4)
+    assert (usage.usage.prompt_tokens, usage.usage.completion_tokens) == (11, 4)
     assert len({c.id for c in chunks}) == 1
 
 
@@ -101,12 +101,12 @@ async def test_unknown_model_404(client: AsyncOpenAI) -> None:
     assert info.value.status_code == 404
     body = info.value.body
     assert isinstance(body, dict)
-    assert body["message"] == "The model `gpt-9` does not exist."
+    assert body["message"] == "The model `gpt-9` does not exist. Valid aliases: tiny."
     assert body["type"] == "NotFoundError"
 
 
 async def test_too_long_prompt_400(client: AsyncOpenAI, replica: SimReplica) -> None:
-    words = " ".join(["w"] * (replica.config.max_model_len - 2))
+    words = " ".join(["w"] * (replica.config.max_model_len + 1))
     with pytest.raises(openai.BadRequestError) as info:
         await client.completions.create(model="tiny", prompt=words, max_tokens=10)
     assert info.value.status_code == 400

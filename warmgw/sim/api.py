@@ -76,7 +76,11 @@ def parse_request(kind: Kind, raw: bytes, config: SimConfig) -> GenRequest:
     if not isinstance(model, str):
         raise ApiError(400, "model: Input should be a valid string", "model")
     if model != config.model:
-        raise ApiError(404, f"The model `{model}` does not exist.")
+        raise ApiError(
+            404,
+            f"The model `{model}` does not exist. Valid aliases: {config.model}.",
+            "model",
+        )
     try:
         if kind is Kind.CHAT:
             prompt_tokens = chat_prompt_tokens(body.get("messages"))
@@ -86,9 +90,7 @@ def parse_request(kind: Kind, raw: bytes, config: SimConfig) -> GenRequest:
             return _parse_embedding(body, model, config)
     except ValueError as exc:
         raise ApiError(400, str(exc), _INPUT_PARAM[kind]) from None
-    stream = body.get("stream") or False
-    if not isinstance(stream, bool):
-        raise ApiError(400, "stream: Input should be a valid boolean", "stream")
+    stream = _lax_bool(body.get("stream"), "stream")
     options = body.get("stream_options") or {}
     include_usage = isinstance(options, Mapping) and options.get("include_usage") is True
     return GenRequest(
@@ -101,29 +103,57 @@ def parse_request(kind: Kind, raw: bytes, config: SimConfig) -> GenRequest:
     )
 
 
+# pydantic's lax mode for a bool field, as real vLLM 0.32 (FastAPI) validates "stream"
+_LAX_TRUE = frozenset({"1", "on", "t", "true", "y", "yes"})
+_LAX_FALSE = frozenset({"0", "off", "f", "false", "n", "no"})
+
+
+def _lax_bool(value: object, param: str) -> bool:
+    """None is False; bools, 0/1 and pydantic's lax strings ("yes", "off", ...) are
+    accepted; anything else (2, "maybe", [1]) is a 400, like real vLLM 0.32."""
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int | float) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _LAX_TRUE | _LAX_FALSE:
+        return value.strip().lower() in _LAX_TRUE
+    raise ApiError(400, f"{param}: Input should be a valid boolean", param)
+
+
+def prompt_too_long(limit: int, prompt_tokens: int) -> ApiError:
+    """A prompt that alone exceeds max_model_len (real vLLM 0.32's wording and param)."""
+    return ApiError(
+        400,
+        f"This model's maximum context length is {limit} tokens. However, your prompt "
+        f"contains at least {prompt_tokens} input tokens, which exceeds this limit even "
+        f"without any output tokens. Please reduce the length of the input prompt.",
+        "input_tokens",
+    )
+
+
 def _max_tokens(body: Mapping[str, Any], kind: Kind, prompt_tokens: int, cfg: SimConfig) -> int:
+    """Output tokens to generate. Like real vLLM 0.32, prompt + max_tokens over
+    max_model_len is not an error: generation stops at max_model_len total tokens."""
     limit = cfg.max_model_len
     if prompt_tokens > limit:
-        raise ApiError(
-            400,
-            f"This model's maximum context length is {limit} tokens. However, your request "
-            f"has {prompt_tokens} input tokens. Please reduce the length of the input.",
-        )
+        raise prompt_too_long(limit, prompt_tokens)
+    room = max(1, limit - prompt_tokens)
     requested = body.get("max_completion_tokens") if kind is Kind.CHAT else None
     if requested is None:
         requested = body.get("max_tokens")
     if requested is None:
-        return max(1, min(cfg.default_max_tokens, limit - prompt_tokens))
+        return min(cfg.default_max_tokens, room)
     if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
         raise ApiError(400, f"max_tokens must be at least 1, got {requested!r}.", "max_tokens")
-    if prompt_tokens + requested > limit:
+    if requested > limit:
         raise ApiError(
             400,
             f"'max_tokens' or 'max_completion_tokens' is too large: {requested}. This model's "
             f"maximum context length is {limit} tokens and your request has {prompt_tokens} "
             f"input tokens ({requested} > {limit} - {prompt_tokens}).",
+            "max_tokens",
         )
-    return requested
+    return min(requested, room)
 
 
 def _parse_embedding(body: Mapping[str, Any], model: str, cfg: SimConfig) -> GenRequest:
@@ -134,11 +164,7 @@ def _parse_embedding(body: Mapping[str, Any], model: str, cfg: SimConfig) -> Gen
         inputs = [items]
     tokens = [completion_prompt_tokens(i) for i in inputs]  # ValueError -> 400 by caller
     if max(tokens) > cfg.max_model_len:
-        raise ApiError(
-            400,
-            f"This model's maximum context length is {cfg.max_model_len} tokens. However, "
-            f"your request has {max(tokens)} input tokens. Please reduce the length of the input.",
-        )
+        raise prompt_too_long(cfg.max_model_len, max(tokens))
     return GenRequest(Kind.EMBEDDING, model, sum(tokens), 0, False, False, len(inputs))
 
 
@@ -241,8 +267,16 @@ def dumps(payload: object) -> str:
     return json.dumps(payload, separators=(",", ":"))
 
 
-def json_response(body: object, status: int = 200) -> web.Response:
-    return web.json_response(body, status=status, dumps=dumps)
+def json_response(
+    body: object, status: int = 200, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    """``Content-Type: application/json`` exactly, no charset (as real vLLM 0.32)."""
+    return web.Response(
+        body=dumps(body).encode(),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
 
 
 def sse(payload: Mapping[str, Any] | str) -> bytes:

@@ -13,7 +13,8 @@ from warmgw.sim.engine import RequestRecord, SimProcess, SimStats
 from warmgw.sim.faults import Faults
 from warmgw.sim.model import SimConfig, Timing, generated_text, generated_token
 
-SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
+# As real vLLM 0.32: no Cache-Control header on SSE responses.
+SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8"}
 
 
 class ReplicaContext(Protocol):

@@ -18,6 +18,7 @@ E2E_BUCKETS = (
 )  # fmt: skip
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+FINISHED_REASONS = ("stop", "length", "abort", "error", "repetition")
 
 
 class SimMetrics:
@@ -56,6 +57,8 @@ class SimMetrics:
             registry=r,
         )
         self._values = values
+        for reason in FINISHED_REASONS:  # exported at 0 from the start, as real vLLM 0.32
+            self._success.labels(*values, reason)
         self.ttft = Histogram(
             "vllm:time_to_first_token_seconds",
             "Histogram of time to first token in seconds.",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
+import struct
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
@@ -25,6 +27,7 @@ log = logging.getLogger(__name__)
 WARMUP_HEADER = "X-Warmgw-Warmup"
 LOG_SIZE = 100_000
 MAX_BODY = 64 * 1024 * 1024  # vLLM sets no small request body limit
+KEEPALIVE_TIMEOUT = 5.0  # uvicorn's default: real vLLM 0.32 closes idle connections after 5 s
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -135,7 +138,11 @@ class SimReplica:
         app = web.Application(middlewares=[self._gate], client_max_size=MAX_BODY)
         self._add_routes(app)
         runner = web.AppRunner(
-            app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0
+            app,
+            handler_cancellation=True,
+            access_log=None,
+            shutdown_timeout=1.0,
+            keepalive_timeout=KEEPALIVE_TIMEOUT,
         )
         await runner.setup()
         self._runner = runner
@@ -161,14 +168,14 @@ class SimReplica:
         self._listening.clear()
 
     async def restart(self, keep: asyncio.BaseTransport | None = None) -> None:
-        """Simulate a process restart: abort every connection (but ``keep``) and running
-        request, reset metrics and process_start_time, load for ``load_time`` seconds, and
-        come back cold."""
+        """Simulate a process restart: reset every connection (but ``keep``) with a TCP RST,
+        as a SIGKILLed process would, cancel running requests, reset metrics and
+        process_start_time, load for ``load_time`` seconds, and come back cold."""
         if self._runner is None:
             raise RuntimeError(f"sim {self.name} is not started")
         for task in list(self._tasks):
             task.cancel()
-        self._drop_connections(keep)
+        self._drop_connections(keep, reset=True)
         self._process = self._new_process()
         self.stats.restarts += 1
         log.info("sim %s: restarted, loading for %.3fs", self.name, self.config.load_time)
@@ -213,12 +220,16 @@ class SimReplica:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _drop_connections(self, keep: asyncio.BaseTransport | None) -> None:
-        """Abort TCP connections (idle keep-alive ones too); their handlers get cancelled."""
+    def _drop_connections(self, keep: asyncio.BaseTransport | None, reset: bool = False) -> None:
+        """Abort TCP connections (idle keep-alive ones too); their handlers get cancelled.
+
+        ``reset`` sends an RST instead of a FIN (SO_LINGER 0), like a killed process."""
         server = self._runner.server if self._runner is not None else None
         for conn in list(server.connections if server is not None else ()):
             transport = conn.transport
             if transport is not None and transport is not keep:
+                if reset:
+                    _linger_zero(transport)
                 transport.abort()
 
     @web.middleware
@@ -230,8 +241,9 @@ class SimReplica:
             return await handler(request)
         except web.HTTPNotFound:
             return api.json_response({"detail": "Not Found"}, 404)
-        except web.HTTPMethodNotAllowed:
-            return api.json_response({"detail": "Method Not Allowed"}, 405)
+        except web.HTTPMethodNotAllowed as exc:
+            allow = ", ".join(sorted(exc.allowed_methods))  # e.g. "GET", as real vLLM 0.32
+            return api.json_response({"detail": "Method Not Allowed"}, 405, {"Allow": allow})
 
     def _add_routes(self, app: web.Application) -> None:
         add_info_routes(app, self)
@@ -273,10 +285,21 @@ class SimReplica:
             self.log.append(gen.record(self._clock()))
 
     def next_hex_id(self) -> str:
-        return f"{self._id_rng.getrandbits(128):032x}"
+        """16 hex characters, as real vLLM 0.32's ``cmpl-``/``chatcmpl-`` ids."""
+        return f"{self._id_rng.getrandbits(64):016x}"
 
     def now_wall(self) -> float:
         return self._wall()
 
     def now(self) -> float:
         return self._clock()
+
+
+def _linger_zero(transport: asyncio.BaseTransport) -> None:
+    """Make the coming close send an RST (the peer sees a connection reset)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:  # already closed
+            pass
