@@ -553,3 +553,30 @@ def test_set_policy_switches_pools_atomically() -> None:
     shift = w.reg.snapshot.routes[M]
     assert {g.pool: g.share for g in shift.groups} == {"blue": 0.9, "green": 0.1}
     assert shift.total_share == pytest.approx(1.0)
+
+
+def test_a_flapping_replica_backs_off_even_when_it_goes_cold_each_time():
+    from warmgw.core.clock import FakeClock
+    from warmgw.core.model import EndpointSpec
+    from warmgw.core.policy import TrafficPolicy
+    from warmgw.core.registry import LifecycleParams, Registry, Strategy
+
+    clock = FakeClock()
+    reg = Registry(LifecycleParams(strategy=Strategy.WARM), clock, TrafficPolicy.single("p"))
+    reg.sync([EndpointSpec("a", "http://127.0.0.1:1", "p")])
+    ep = reg.get("a")
+    waits = []
+    for _ in range(4):
+        reg.probe_ok("a", frozenset({"m"}), None, None)
+        reg.eject(ep, "restarted", cold=True)  # down again before it was ever ready
+        waits.append(ep.retry_at - clock.now())
+        clock.advance(ep.retry_at - clock.now())
+        reg.tick()
+    assert waits == [0.0, 2.0, 4.0, 8.0]  # at once the first time, then growing
+    reg.probe_ok("a", frozenset({"m"}), None, None)
+    reg.warm_done("a", 1, {"k": 1.0}, "warm")
+    clock.advance(1000)
+    reg.tick()
+    assert ep.state.value == "ready"
+    reg.eject(ep, "restarted", cold=True)
+    assert ep.retry_at == clock.now()  # ready in between: the next restart is probed at once

@@ -219,7 +219,10 @@ class Registry:
             return
         o = self.p.outlier
         ep.ejections += 1
-        delay = 0.0 if cold else min(o.backoff_max, o.backoff_base * 2 ** (ep.ejections - 1))
+        # A replica that went cold (restart) is probed at once, the first time; one that
+        # keeps going down before it is ready again (flapping) backs off like any other.
+        backoff = min(o.backoff_max, o.backoff_base * 2 ** (ep.ejections - 1))
+        delay = 0.0 if cold and ep.ejections == 1 else backoff
         ep.retry_at = self.clock.now() + delay
         ep.consecutive_errors = 0
         ep.ratio = None
