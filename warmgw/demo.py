@@ -3,7 +3,8 @@
 Everything runs in this process: five simulated replicas with a realistic cold start
 (two blue at first, a third blue one that joins later, two green ones on standby), the
 gateway on a free port, and closed-loop client workers. The demo adds a replica and
-restarts one mid-way, then says whether any user request reached a cold replica.
+restarts one mid-way, cuts over from blue to green, then says whether any user request
+reached a cold replica.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ def gateway_config(urls: dict[str, str], token: str) -> Config:
         "warmup": WARMUP,
         "health": {"interval": 0.5, "timeout": 1.0},
         "ramp": {"initial_weight": 0.05, "doubling_time": 1.5},
+        # green (2 replicas) may take over from blue (3) once both green ones are warm
+        "cutover": {"min_warm_fraction": 0.5},
     })
 
 
@@ -179,7 +182,8 @@ async def _wait_blue(gw: Gateway, view: View) -> bool:
 
 class Scene:
     """The traffic phase: a table every TABLE_EVERY seconds; a blue replica joins a fifth
-    of the way in, a green one restarts at two fifths."""
+    of the way in, a green one restarts at two fifths, and blue is cut over to green at
+    seven tenths (refused, and asked again, while green is not warm)."""
 
     def __init__(
         self, gw: Gateway, view: View, replicas: dict[str, SimReplica],
@@ -191,14 +195,19 @@ class Scene:
         self.full_config = full_config
         self.seen = 0  # samples already shown in a table
         self.last_table = gw.clock.now()
+        self.retry_cutover_at: float | None = None
+        self.cutover_refusals = 0
 
     async def play(self, traffic: Traffic, seconds: float) -> float:
         clock = self.gw.clock
         start = self.last_table = clock.now()
-        actions = [(0.2 * seconds, self._join), (0.4 * seconds, self._restart)]
+        actions = [(0.2 * seconds, self._join), (0.4 * seconds, self._restart),
+                   (0.7 * seconds, self._cutover)]
         while (now := clock.now()) < start + seconds:
             if actions and now - start >= actions[0][0]:
                 await actions.pop(0)[1]()
+            if self.retry_cutover_at is not None and now >= self.retry_cutover_at:
+                await self._cutover()
             if now - self.last_table >= TABLE_EVERY:
                 self.table(traffic.samples)
             await asyncio.sleep(0.05)
@@ -226,6 +235,34 @@ class Scene:
             "never lands on a cold replica.",
         )
         await self.replicas[RESTARTED].restart()
+
+
+    async def _cutover(self) -> None:
+        """Blue to green through the admin API, as an operator would (warmgw cutover green)."""
+        gw = self.gw
+        headers = {"Authorization": f"Bearer {gw.config.admin.token}"}
+        async with aiohttp.ClientSession() as s, s.post(
+            gw.admin_url + "/admin/v1/cutover", json={"to": "green"}, headers=headers
+        ) as r:
+            body = await r.json()
+        if r.status == 200:
+            self.retry_cutover_at = None
+            self.view.event(
+                "cutover: new requests go to green from now on; blue's in-flight requests",
+                "and streams finish there, and blue stays warm for an instant rollback.",
+            )
+        elif r.status == 409 and self.cutover_refusals < 1:
+            self.cutover_refusals += 1
+            self.retry_cutover_at = gw.clock.now() + 2.0
+            self.view.event(
+                "cutover to green asked for, and refused: the gateway will not send users",
+                f"to a cold pool. It said: {body['error']['message']}",
+            )
+        elif r.status == 409:
+            self.retry_cutover_at = gw.clock.now() + 2.0  # still cold: ask again, quietly
+        else:
+            self.retry_cutover_at = None
+            self.view.event(f"cutover failed: {r.status} {body}")
 
 
 def run(args: argparse.Namespace) -> int:
