@@ -7,14 +7,12 @@ import gc
 import json
 import logging
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from warmgw import metrics, status
 from warmgw.admin import Admin
@@ -45,24 +43,6 @@ log = logging.getLogger("warmgw")
 # VLLM_HTTP_TIMEOUT_KEEP_ALIVE, 5 s) closes them: a request sent on a connection the replica
 # is closing at that moment would fail with no way to know whether it was taken.
 UPSTREAM_KEEPALIVE = 4.0
-
-
-class _RuntimeCollector(Collector):
-    """The gateway process's own load, for leak hunting (soak tests, dashboards)."""
-
-    def __init__(self, gateway: Gateway) -> None:
-        self.gw = gateway
-
-    def collect(self) -> Iterator[Metric]:
-        try:
-            tasks = len(asyncio.all_tasks())
-        except RuntimeError:  # collected outside the event loop
-            return
-        yield GaugeMetricFamily("warmgw_asyncio_tasks",
-                                "asyncio tasks alive in the gateway's event loop.", value=tasks)
-        yield GaugeMetricFamily("warmgw_client_connections",
-                                "Client connections open on the gateway's listeners.",
-                                value=self.gw.client_connections)
 
 
 class _ServerLog(logging.LoggerAdapter[logging.Logger]):
@@ -134,7 +114,6 @@ class Gateway:
         self.admin_port = 0
         self.stopping = False
         self._metrics_registry = metrics.registry_for(self)
-        self._metrics_registry.register(_RuntimeCollector(self))
 
     @property
     def url(self) -> str:

@@ -7,6 +7,7 @@ Label sets are bounded: pools, replicas, routes, status codes, states, outcomes.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -138,9 +139,28 @@ class GatewayCollector(Collector):
                                 value=1.0 if bg.in_progress else 0.0)
 
 
+class RuntimeCollector(Collector):
+    """The gateway process's own load, for leak hunting (soak tests, dashboards)."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            tasks = len(asyncio.all_tasks())
+        except RuntimeError:  # collected outside the event loop
+            return
+        yield GaugeMetricFamily("warmgw_asyncio_tasks",
+                                "asyncio tasks alive in the gateway's event loop.", value=tasks)
+        yield GaugeMetricFamily("warmgw_client_connections",
+                                "Client connections open on the gateway's listeners.",
+                                value=self.gw.client_connections)
+
+
 def registry_for(gateway: Gateway) -> CollectorRegistry:
     reg = CollectorRegistry(auto_describe=False)
     reg.register(GatewayCollector(gateway))
+    reg.register(RuntimeCollector(gateway))
     return reg
 
 
