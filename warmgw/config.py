@@ -47,6 +47,8 @@ class HealthParams:
     interval: float = 1.0
     timeout: float = 2.0
     probe_backoff_max: float = 10.0
+    failures: int = 3  # consecutive failed checks (timeouts, non-200) before ejecting
+    metrics_every: int = 5  # read the replica's /metrics every Nth check (it is large)
 
 
 @dataclass(frozen=True, slots=True)

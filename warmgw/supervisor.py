@@ -91,6 +91,8 @@ class Supervisor:
         self.warmups: dict[str, int] = {}  # outcome -> count
         self.warmup_seconds = Histogram(WARMUP_BUCKETS)
         self.engine: dict[str, dict[str, float]] = {}  # replica -> vLLM gauges
+        self._health_failures: dict[str, int] = {}
+        self._checks: dict[str, int] = {}
         registry.listeners.append(self._on_transition)
 
     async def start(self) -> None:
@@ -286,6 +288,11 @@ class Supervisor:
                 await asyncio.gather(*(self._check(ep) for ep in watched))
 
     async def _check(self, ep: Endpoint) -> None:
+        """One health check. A refused connection means the process is gone: out at once.
+        A timeout or an error status counts; `failures` in a row eject (one slow answer on
+        a busy machine does not make a replica cold). Every `metrics_every` checks, the
+        replica's start time is compared: a new one means it restarted, cold."""
+        down = False
         try:
             timeout = aiohttp.ClientTimeout(total=self.health.timeout)
             async with self.session.get(ep.url + "/health", timeout=timeout) as r:
@@ -296,10 +303,20 @@ class Supervisor:
             raise
         except (aiohttp.ClientError, TimeoutError) as e:
             ok, why = False, f"/health failed: {_what(e)}"
+            down = isinstance(e, aiohttp.ClientConnectorError)
         if ep.state not in (State.RAMPING, State.READY, State.WARMING):
             return
+        name = ep.name
         if not ok:
-            self.registry.eject(ep, f"{why}; cold until proven warm", cold=True)
+            self._checks[name] = -1  # the next good answer reads its start time again
+            n = self._health_failures[name] = self._health_failures.get(name, 0) + 1
+            if down or n >= self.health.failures:
+                self._health_failures.pop(name, None)
+                self.registry.eject(ep, f"{why}; cold until proven warm", cold=True)
+            return
+        self._health_failures.pop(name, None)
+        n = self._checks[name] = self._checks.get(name, 0) + 1
+        if n % self.health.metrics_every and ep.start_marker is not None:
             return
         marker = await self.marker(ep)
         if marker is not None and ep.start_marker is not None and marker != ep.start_marker:

@@ -278,15 +278,26 @@ class Registry:
         o = self.p.outlier
         ep.ratio_n += 1
         ep.ratio = ratio if ep.ratio is None else ep.ratio + o.alpha * (ratio - ep.ratio)
-        if ep.ratio_n >= o.min_samples and ep.ratio > o.latency_ratio and self._peers(ep):
-            self.eject(ep, f"latency {ep.ratio:.1f}x the fleet's")
+        if ep.ratio_n < o.min_samples or ep.ratio <= o.latency_ratio:
+            return
+        peers = self._routable_peers(ep)
+        if not peers:
+            return  # never eject the last routable replica of a model for latency
+        # An outlier is slow next to its peers, not when the whole fleet slows down at once
+        # (then every replica looks slow against the slower-moving baseline).
+        ratios = sorted(e.ratio for e in peers if e.ratio is not None)
+        typical = max(1.0, ratios[len(ratios) // 2]) if ratios else 1.0
+        if ep.ratio > o.latency_ratio * typical:
+            self.eject(ep, f"latency {ep.ratio:.1f}x the fleet's ({typical:.1f}x for its peers)")
 
-    def _peers(self, ep: Endpoint) -> bool:
-        """Are there other ready endpoints serving ep's models (so ejecting it is safe)?"""
-        return any(
-            e is not ep and e.state is State.READY and e.models & ep.models
-            for e in self.endpoints.values()
-        )
+    def _routable_peers(self, ep: Endpoint) -> list[Endpoint]:
+        """Other ready endpoints serving ep's models in pools that get traffic now."""
+        share = self.policy.share
+        return [
+            e for e in self.endpoints.values()
+            if e is not ep and e.state is State.READY and e.models & ep.models
+            and share(e.pool) > 0.0
+        ]
 
     def failure(self, ep: Endpoint, why: str, down: bool = False) -> None:
         """A request on ep failed on ep's side (5xx, cut stream). down: the replica refused
