@@ -1,0 +1,189 @@
+"""The simulated vLLM fleet of one strategy's run: `python -m warmgw.sim` in its own process.
+
+Every replica of the scenario (newcomers too) starts at the outset on its own port, with
+the scenario's SimConfig and seed + i; a replica that no balancer knows yet gets no
+request and stays cold. The runner reads the simulator's counters over HTTP
+(GET /sim/stats: user_cold_hits, warmup_cold_hits, ...) and restarts a replica with
+POST /sim/restart.
+
+`prewarm` warms the initial replicas directly (not through any balancer), so every
+strategy starts from the same warm steady state and only newcomers are cold: bursts of
+max_running concurrent requests over every prompt bucket the workload uses, marked as
+warmup (X-Warmgw-Warmup: 1) so they never count as user requests, repeated until
+/sim/stats shows every needed prompt and batch bucket compiled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import sys
+import time
+from dataclasses import dataclass, fields
+from typing import Any
+
+import aiohttp
+
+from loadtest.procs import Children
+from loadtest.spec import Fleet, ReplicaDef, Workload
+from warmgw.sim import WARMUP_HEADER, SimConfig
+from warmgw.sim.model import ColdStartModel, chat_prompt_tokens, completion_prompt_tokens
+
+LINE = re.compile(r"sim replica (\S+) serving model \S+ at (http://\S+)")
+START_TIMEOUT = 20.0
+PREWARM_ROUNDS = 5
+
+
+@dataclass(frozen=True)
+class Replica:
+    name: str
+    pool: str
+    url: str
+
+    @property
+    def hostport(self) -> tuple[str, int]:
+        host, _, port = self.url.removeprefix("http://").rpartition(":")
+        return host, int(port)
+
+
+def sim_argv(config: SimConfig, n: int) -> list[str]:
+    argv = [sys.executable, "-m", "warmgw.sim", "--replicas", str(n), "--base-port", "0",
+            "--log-level", "warning"]
+    default = SimConfig()
+    for f in fields(SimConfig):
+        value = getattr(config, f.name)
+        if value == getattr(default, f.name) or f.name in ("prompt_buckets", "embedding_dim"):
+            continue
+        opt = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            if value:
+                argv.append(opt)
+        else:
+            argv += [opt, str(value)]
+    return argv
+
+
+class SimFleet:
+    def __init__(self, kids: Children, fleet: Fleet, session: aiohttp.ClientSession) -> None:
+        self.kids = kids
+        self.fleet = fleet
+        self.session = session
+        self.replicas: dict[str, Replica] = {}
+        self.pid = 0
+
+    async def start(self) -> None:
+        defs = self.fleet.replicas
+        child = self.kids.start("sim", sim_argv(self.fleet.sim, len(defs)))
+        self.pid = child.pid
+        deadline = time.monotonic() + START_TIMEOUT
+        found: dict[str, str] = {}
+        while len(found) < len(defs):
+            if not child.alive():
+                raise RuntimeError(f"the simulator exited:\n{child.tail()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the simulator did not start in {START_TIMEOUT} s")
+            text = child.log.read_text(errors="replace")
+            found = {m[1]: m[2] for m in LINE.finditer(text)}
+            await asyncio.sleep(0.05)
+        # replica i of the simulator (named r{i}) is the scenario's i-th replica
+        for i, d in enumerate(defs):
+            self.replicas[d.name] = Replica(d.name, d.pool, found[f"r{i}"])
+        await self.wait_loaded(list(self.replicas), START_TIMEOUT)
+
+    def get(self, name: str) -> Replica:
+        return self.replicas[name]
+
+    def of(self, defs: list[ReplicaDef]) -> list[Replica]:
+        return [self.replicas[d.name] for d in defs]
+
+    async def _get(self, url: str) -> tuple[int, Any]:
+        timeout = aiohttp.ClientTimeout(total=2.0)
+        async with self.session.get(url, timeout=timeout) as r:
+            body = await r.read()
+            return r.status, json.loads(body) if r.status == 200 and body else None
+
+    async def wait_loaded(self, names: list[str], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for name in names:
+            url = self.replicas[name].url + "/health"
+            while True:
+                try:
+                    status, _ = await self._get(url)
+                    if status == 200:
+                        break
+                except (aiohttp.ClientError, TimeoutError, ValueError):
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"replica {name} not healthy after {timeout} s")
+                await asyncio.sleep(0.05)
+
+    async def stats(self) -> dict[str, dict[str, Any]]:
+        """GET /sim/stats of every replica (a replica that does not answer: {})."""
+
+        async def one(r: Replica) -> dict[str, Any]:
+            try:
+                status, data = await self._get(r.url + "/sim/stats")
+            except (aiohttp.ClientError, TimeoutError, ValueError):
+                return {}
+            return data if status == 200 and isinstance(data, dict) else {}
+
+        reps = list(self.replicas.values())
+        got = await asyncio.gather(*(one(r) for r in reps))
+        return {r.name: g for r, g in zip(reps, got, strict=True)}
+
+    async def restart(self, name: str) -> None:
+        url = self.replicas[name].url + "/sim/restart"
+        async with self.session.post(url, timeout=aiohttp.ClientTimeout(total=5.0)) as r:
+            await r.read()
+            if r.status != 200:
+                raise RuntimeError(f"restart of {name}: HTTP {r.status}")
+
+    # -- prewarm ------------------------------------------------------------------------
+
+    def needed(self, workload: Workload) -> tuple[set[int], set[int]]:
+        """The prompt and batch buckets the workload can reach."""
+        cold = ColdStartModel(self.fleet.sim)
+        prompts = set()
+        for words, _ in workload.prompt_words:
+            text = " ".join(["word"] * words)  # as loadtest.workload sends it
+            prompts.add(cold.prompt_bucket(completion_prompt_tokens(text)))
+            chat = [{"role": "user", "content": text}]
+            prompts.add(cold.prompt_bucket(chat_prompt_tokens(chat)))
+        return prompts, set(self.fleet.sim.batch_buckets)
+
+    async def prewarm(self, names: list[str], workload: Workload) -> int:
+        """Warm these replicas directly; returns the warmup requests sent."""
+        prompts, batches = self.needed(workload)
+        longest = self.fleet.sim.max_model_len - 2  # room for the one generated token
+        sizes = sorted({min(b, longest) for b in prompts})
+        n = self.fleet.sim.max_running
+        sent = 0
+        for _ in range(PREWARM_ROUNDS):
+            stats = await self.stats()
+            todo = [
+                name for name in names
+                if not prompts <= set(stats[name].get("warm_prompt_buckets", ()))
+                or not batches <= set(stats[name].get("warm_batch_buckets", ()))
+            ]
+            if not todo:
+                return sent
+            bursts = [self._burst(self.replicas[name].url, sizes, n) for name in todo]
+            sent += sum(await asyncio.gather(*bursts))
+        raise RuntimeError(f"prewarm: {todo} still cold after {PREWARM_ROUNDS} bursts")
+
+    async def _burst(self, url: str, sizes: list[int], n: int) -> int:
+        """n concurrent requests (so the batch reaches n), prompts cycling over sizes."""
+
+        async def one(tokens: int) -> None:
+            body = {"model": self.fleet.sim.model, "prompt": " ".join(["hello"] * tokens),
+                    "max_tokens": 1, "stream": False}
+            async with self.session.post(
+                url + "/v1/completions", data=json.dumps(body),
+                headers={WARMUP_HEADER: "1", "Content-Type": "application/json"},
+                timeout=aiohttp.ClientTimeout(total=60.0),
+            ) as r:
+                await r.read()
+
+        await asyncio.gather(*(one(sizes[i % len(sizes)]) for i in range(max(n, len(sizes)))))
+        return max(n, len(sizes))
