@@ -59,7 +59,7 @@ def haproxy(kids: Children, replica_url: str) -> Target | Unavailable:
     listen = free_port()
     cfg = kids.workdir / "haproxy.cfg"
     cfg.write_text(
-        "global\n    nbthread 1\n    maxconn 20000\n"
+        "global\n    nbthread 1\n    maxconn 4096\n"
         "defaults\n    mode http\n    timeout connect 2s\n    timeout client 300s\n"
         "    timeout server 300s\n    http-reuse always\n"
         f"frontend fe\n    bind 127.0.0.1:{listen}\n    default_backend be\n"
