@@ -12,6 +12,8 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from loadtest.stats import percentile
+
 PHASES = ("steady", "during", "after")
 # the simulator's counters are read at these moments; phase -> (from, to)
 COUNTER_SPANS = {"steady": ("start", "event"), "during": ("event", "during_end"),
@@ -19,15 +21,6 @@ COUNTER_SPANS = {"steady": ("start", "event"), "during": ("event", "during_end")
 CLAIM_RATIO = 1.2  # warmgw's p99.9 during the event within this factor of steady state
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    """q-th percentile (0..100), linear between closest ranks; nan when empty."""
-    if not values:
-        return math.nan
-    s = sorted(values)
-    pos = (len(s) - 1) * q / 100.0
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
 def dist(values: Sequence[float]) -> dict[str, Any]:

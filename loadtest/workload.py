@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import ipaddress
 import json
 import math
 import random
@@ -18,10 +17,10 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from itertools import accumulate
-from urllib.parse import urlsplit
 
 import aiohttp
 
+from loadtest.loadgen import loopback
 from loadtest.spec import Workload
 
 Who = Callable[[Mapping[str, str]], str]
@@ -74,14 +73,6 @@ class Picker:
         )
 
 
-def loopback(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def request_for(shape: Shape, model: str) -> tuple[str, bytes]:
