@@ -113,7 +113,12 @@ class Replica:
         env.update(
             VLLM_TARGET_DEVICE="cpu",
             VLLM_CPU_KVCACHE_SPACE="1",
-            VLLM_CPU_OMP_THREADS_BIND=str(self.cpu),
+            # Not pinned: with an explicit binding on a 2-core machine, vLLM reserves the
+            # other core for this replica's API server, which is the core the other
+            # replica's worker spins on; a restarted replica then hung in the kernel
+            # (sched_setaffinity, affine_move_task) and never came up.
+            VLLM_CPU_OMP_THREADS_BIND="nobind",
+            OMP_NUM_THREADS="1",
             VLLM_CACHE_ROOT=str(self.cache_root),
             HF_HUB_OFFLINE="1",
             TRANSFORMERS_OFFLINE="1",
