@@ -86,13 +86,16 @@ class Endpoint:
 class Group:
     """The routable endpoints of one pool for one model, and that pool's traffic share."""
 
-    __slots__ = ("endpoints", "pool", "rr", "share", "uniform")
+    __slots__ = ("endpoints", "full", "pool", "ramping", "rr", "share", "uniform")
 
     def __init__(self, pool: str, share: float, endpoints: tuple[Endpoint, ...]) -> None:
         self.pool = pool
         self.share = share
         self.endpoints = endpoints
-        self.uniform = all(e.ramp is None for e in endpoints)
+        # at full weight (1) / with a weight that moves; a pick costs O(len(ramping))
+        self.full = tuple(e for e in endpoints if e.ramp is None)
+        self.ramping = tuple(e for e in endpoints if e.ramp is not None)
+        self.uniform = not self.ramping
         self.rr = 0  # round-robin cursor, for the naive baseline
 
 

@@ -54,6 +54,38 @@ def least_loaded(
     return b if b.inflight * wa < a.inflight * wb else a
 
 
+def _draw(
+    full: Sequence[Endpoint], ramping: Sequence[Endpoint], weights: Sequence[float],
+    total: float, rng: random.Random,
+) -> Endpoint:
+    """One endpoint with probability proportional to weight (full ones weigh 1)."""
+    x = rng.random() * total
+    nf = len(full)
+    if x < nf:
+        return full[int(x)]
+    x -= nf
+    for e, w in zip(ramping, weights, strict=True):
+        x -= w
+        if x < 0.0:
+            return e
+    return ramping[-1] if ramping else full[-1]
+
+
+def least_loaded_split(
+    full: Sequence[Endpoint], ramping: Sequence[Endpoint], rng: random.Random, now: float
+) -> Endpoint:
+    """least_loaded's weighted draw in O(number of ramping endpoints), not O(all): the
+    endpoints at full weight are drawn by index."""
+    weights = [e.weight(now) for e in ramping]
+    total = len(full) + sum(weights)
+    a = _draw(full, ramping, weights, total, rng)
+    b = _draw(full, ramping, weights, total, rng)
+    if a is b:
+        return a
+    wa, wb = a.weight(now), b.weight(now)
+    return b if b.inflight * wa < a.inflight * wb else a
+
+
 def round_robin(group: Group) -> Endpoint:
     eps = group.endpoints
     group.rr = (group.rr + 1) % len(eps)
@@ -80,4 +112,6 @@ def pick(
         return least_loaded(eps, False, rng, now)
     if naive:
         return round_robin(group)
-    return least_loaded(eps, group.uniform, rng, now)
+    if group.uniform:
+        return least_loaded(eps, True, rng, now)
+    return least_loaded_split(group.full, group.ramping, rng, now)
