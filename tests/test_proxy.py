@@ -10,7 +10,7 @@ import aiohttp
 import openai
 import pytest
 
-from tests.helpers import gateway_config, wait_all_ready
+from tests.helpers import gateway_config, wait_all_ready, wait_for
 from warmgw.app import Gateway
 from warmgw.sim import SimConfig, SimFleet
 
@@ -130,3 +130,16 @@ async def test_no_routable_replica_is_503_with_retry_after():
             assert r.status == 503
         async with s.get(g.url + "/healthz") as r:
             assert r.status == 200
+
+
+async def test_a_removed_replica_leaves_nothing_behind(fleet):
+    async with Gateway(gateway_config(fleet.urls)) as g, aiohttp.ClientSession() as s:
+        await wait_all_ready(g)
+        body = {"model": "tiny", "prompt": "x", "max_tokens": 2}
+        for _ in range(10):  # both replicas serve some
+            async with s.post(g.url + "/v1/completions", json=body) as r:
+                assert r.status == 200
+        assert {e.name for e in g.proxy.running} == {"r0", "r1"}
+        g.reload(gateway_config(fleet.urls[:1]))
+        await wait_for(lambda: "r1" not in g.registry.endpoints, 5, "r1 to be gone")
+        assert {e.name for e in g.proxy.running} == {"r0"}

@@ -28,9 +28,10 @@ from multidict import CIMultiDict
 from warmgw import errors
 from warmgw.config import UpstreamParams
 from warmgw.core.clock import Clock
+from warmgw.core.lifecycle import State
 from warmgw.core.model import Endpoint, Route, Snapshot
 from warmgw.core.picker import pick
-from warmgw.core.registry import Registry
+from warmgw.core.registry import Registry, Transition
 from warmgw.core.stats import shape_key
 from warmgw.core.telemetry import RequestStats, route_of
 
@@ -99,6 +100,13 @@ class Proxy:
         # the handler tasks in flight on each endpoint, so a drain deadline can cut them
         self.running: dict[Endpoint, set[asyncio.Task[Any] | None]] = {}
         self.stats = RequestStats()
+        registry.listeners.append(self._forget)
+
+    def _forget(self, t: Transition) -> None:
+        """A replica that is gone keeps no entry here (it could never run a request)."""
+        if t.to is State.GONE:
+            for ep in [e for e in self.running if e.name == t.name and not self.running[e]]:
+                del self.running[ep]
 
     def cut(self, pool: str) -> int:
         """Cancel the requests still in flight on a pool's endpoints; how many were cut."""

@@ -200,11 +200,8 @@ class Registry:
             ep.warm_reference = dict(reference)
             for m in ep.models:
                 self.warm_reference[m] = dict(reference)
-        ep.ramp = LatencyRamp(self._ramp_params(), self.clock.now())
+        ep.ramp = LatencyRamp(self.p.ramp, self.clock.now())
         self._move(ep, State.RAMPING, why)
-
-    def _ramp_params(self) -> RampParams:
-        return self.p.ramp
 
     def warm_failed(self, name: str, why: str) -> None:
         ep = self.get(name)
