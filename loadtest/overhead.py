@@ -3,15 +3,20 @@
     .venv/bin/python -m loadtest.overhead [--quick] [--requests N] [--concurrency 1,16,64]
 
 Four processes: a simulated replica with near-zero latency, the gateway (`python -m warmgw
-serve`), optional peer proxies found on PATH, and an aiohttp load generator; this one only
-orchestrates. For each mode (JSON, stream) and concurrency, the requests of each target
-are split into rounds, and the targets take turns round by round (the order rotating) so
-that a noisy machine slows them alike. Reported per target: req/s, p50/p99 latency, the
-added latency over direct, and CPU microseconds per request from /proc/PID/stat of the
-proxy's processes (the replica's and load generator's CPU are not in that figure).
+serve`), the peer proxies that are installed (nginx, HAProxy, Envoy, vllm-router,
+sglang-router: see loadtest.peers and scripts/install-peers.sh), and an aiohttp load
+generator; this one only orchestrates. For each mode (JSON, stream) and concurrency, the
+requests of each target are split into rounds, and the targets take turns round by round
+(the order rotating) so that a noisy machine slows them alike. Reported per target:
+req/s, p50/p99 latency, the added latency over direct, and CPU microseconds per request
+from /proc/PID/stat of the proxy's processes (the replica's and load generator's CPU are
+not in that figure); req/s and CPU per request also as ratios to the gateway's, measured
+in the same rounds.
 
-Writes loadtest/results/overhead.json. Exit status 1 if any request failed or the time
-limit cut the run short.
+Writes loadtest/results/overhead.json. Exit status 1 if a request to the replica or the
+gateway failed or the time limit cut the run short. A peer that fails to start, exits, or
+completes no request of a run is reported and left out of the rest; its errors do not
+change the exit status.
 """
 
 from __future__ import annotations
@@ -31,7 +36,15 @@ from typing import Any
 
 from loadtest.driver import LoadGen
 from loadtest.peers import PEERS
-from loadtest.procs import CLK_TCK, Child, ChildFailed, Children, cpu_seconds, host_cpu
+from loadtest.procs import (
+    CLK_TCK,
+    Child,
+    ChildFailed,
+    Children,
+    cpu_seconds,
+    host_cpu,
+    running,
+)
 from loadtest.report import table
 from loadtest.stats import Run, summarise
 from loadtest.targets import ReplicaSpec, Target, Unavailable, gateway_starter, start_replica
@@ -186,6 +199,19 @@ def plan(opts: Options, targets: list[Target]) -> list[tuple[str, int, int, int,
     return out
 
 
+def peer_failure(target: Target, run: Run) -> str | None:
+    """Why a peer is left out of the rest of the benchmark after this run, if it is."""
+    where = f"{run.mode} c={run.concurrency} round {run.round}"
+    if not all(running(pid) for pid in target.pids):
+        return f"exited during {where}"
+    if run.completed == 0:
+        sample = run.error_samples[0] if run.error_samples else "no sample"
+        return f"no request completed in {where} ({run.errors} errors; {sample[:200]})"
+    if run.truncated:
+        return f"too slow: {where} hit the run time limit"
+    return None
+
+
 # -- the benchmark ----------------------------------------------------------------------
 
 
@@ -228,12 +254,21 @@ def run(opts: Options) -> dict[str, Any]:
         loadgen = LoadGen(kids.start("loadgen", argv, pipes=True, cwd=REPO))
         spy = _start_py_spy(kids, opts, targets[1])
         bench = Bench(loadgen, replica, opts)
+        peers = {t.name for t in targets[2:] if t.name in PEERS}
+        dropped: dict[str, str] = {}
         try:
             for mode, c, n, rnd, target in plan(opts, targets):
                 if time.monotonic() > deadline:
                     incomplete = True
                     break
-                runs.append(bench.measure(target, mode, c, n, rnd))
+                if target.name in dropped:
+                    continue
+                r = bench.measure(target, mode, c, n, rnd)
+                runs.append(r)
+                why = peer_failure(target, r) if target.name in peers else None
+                if why is not None:
+                    dropped[target.name] = f"left out after a failed run: {why}"
+                    print(f"overhead: {target.name} {dropped[target.name]}", file=sys.stderr)
             loadgen.quit()  # otherwise (Ctrl-C, a failure) kids.close() kills it at once
         finally:
             if spy is not None:
@@ -243,7 +278,9 @@ def run(opts: Options) -> dict[str, Any]:
         "targets": [{"name": t.name, "url": t.url, "proxy": t.proxy} for t in targets]
         + [{"name": k, "note": v} for k, v in unavailable.items()],
         "unavailable": unavailable,
-        "summary": summarise(runs),
+        "dropped": dropped,
+        "peers": sorted(peers),
+        "summary": summarise(runs, gateway=targets[1].name),
         "runs": [_run_json(r) for r in runs],
     }
 
@@ -325,9 +362,16 @@ def main(argv: list[str] | None = None) -> int:
         f"interleaved rounds, {m['cpus']} CPUs, {m['elapsed_s']} s"
         + (" [PROFILED: not comparable]" if m["profiled"] else "")
     )
-    print(table(results["summary"], results["unavailable"]))
+    print(table(results["summary"], results["unavailable"] | results["dropped"]))
     print(f"wrote {opts.out}")
-    failed = m["incomplete"] or any(r["errors"] for r in results["summary"])
+    peers = set(results["peers"])
+    for r in results["summary"]:
+        if r["errors"] and r["target"] in peers:
+            print(f"{r['target']} ({r['mode']}, c={r['concurrency']}): {r['errors']} errors, "
+                  f"e.g. {r['error_samples'][:1]}", file=sys.stderr)
+    failed = m["incomplete"] or any(
+        r["errors"] for r in results["summary"] if r["target"] not in peers
+    )
     if m["incomplete"]:
         print("the time limit stopped the benchmark early", file=sys.stderr)
     return 1 if failed else 0

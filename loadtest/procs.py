@@ -44,6 +44,14 @@ def cpu_ticks(pid: int) -> int:
     return int(f[11]) + int(f[12])
 
 
+def running(pid: int) -> bool:
+    """The process exists and has not exited (a zombie, not yet reaped, has exited)."""
+    try:
+        return _stat_fields(pid)[0] not in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
 def descendants(roots: Iterable[int]) -> set[int]:
     """The roots and every live process below them (e.g. nginx's workers)."""
     parent: dict[int, int] = {}

@@ -7,9 +7,9 @@ from typing import Any
 
 COLUMNS = (  # name, alignment
     ("mode", "<"), ("c", ">"), ("target", "<"), ("req/s", ">"), ("x direct", ">"),
-    ("p50 ms", ">"), ("p99 ms", ">"), ("+p50 ms", ">"), ("+p99 ms", ">"),
-    ("proxy CPU us/req", ">"), ("replica CPU us/req", ">"), ("others cores", ">"),
-    ("errors", ">"),
+    ("x gw", ">"), ("p50 ms", ">"), ("p99 ms", ">"), ("+p50 ms", ">"), ("+p99 ms", ">"),
+    ("proxy CPU us/req", ">"), ("CPU x gw", ">"), ("replica CPU us/req", ">"),
+    ("others cores", ">"), ("errors", ">"),
 )
 
 
@@ -30,11 +30,13 @@ def _cells(row: Mapping[str, Any]) -> list[str]:
         row["target"],
         _f(row["rps"], ".0f"),
         _f(row.get("rps_ratio", 1.0 if not proxy else None)),
+        _f(row.get("rps_vs_gateway")),
         _f(row["p50_ms"], ".3f"),
         _f(row["p99_ms"], ".3f"),
         _f(row.get("added_p50_ms"), ".3f", signed=True),
         _f(row.get("added_p99_ms"), ".3f", signed=True),
         _f(cpu.get("target") if proxy else None, ".0f"),
+        _f(row.get("cpu_vs_gateway")),
         _f(cpu.get("replica"), ".0f"),
         _f(row.get("others_cores")),
         str(row["errors"]) + ("*" if row.get("truncated") else ""),
@@ -63,6 +65,10 @@ def table(rows: Sequence[Mapping[str, Any]], unavailable: Mapping[str, str]) -> 
         lines.append(line(cells))
     for name, note in unavailable.items():
         lines.append(f"{name}: {note}")
+    lines.append(
+        "x direct, x gw: req/s over direct's, over the gateway's; CPU x gw: proxy CPU per "
+        "request over the gateway's"
+    )
     lines.append(
         "proxy CPU: the proxy's processes only; others cores: CPU that processes outside "
         "the benchmark used meanwhile (noise)"

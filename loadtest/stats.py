@@ -96,9 +96,10 @@ def summarise_cell(runs: Sequence[Run]) -> dict[str, Any]:
     return out
 
 
-def summarise(runs: Sequence[Run]) -> list[dict[str, Any]]:
+def summarise(runs: Sequence[Run], gateway: str | None = None) -> list[dict[str, Any]]:
     """One row per (mode, concurrency, target) in first-seen order, proxies compared with
-    the direct target of the same mode and concurrency."""
+    the direct target of the same mode and concurrency, and with the gateway if named
+    (req/s and proxy CPU per request as ratios: the target's over the gateway's)."""
     cells: dict[tuple[str, int, str], list[Run]] = {}
     for r in runs:
         cells.setdefault((r.mode, r.concurrency, r.target), []).append(r)
@@ -113,4 +114,13 @@ def summarise(runs: Sequence[Run]) -> list[dict[str, Any]]:
         row["added_p99_ms"] = round(row["p99_ms"] - base["p99_ms"], 3)
         pairs = zip(row["p50_ms_rounds"], base["p50_ms_rounds"], strict=False)
         row["added_p50_ms_rounds"] = [round(a - b, 3) for a, b in pairs]
+    for (mode, c, target), row in rows.items():
+        gw = rows.get((mode, c, gateway)) if gateway else None
+        if target == DIRECT or gw is None:
+            continue
+        if row["rps"] and gw["rps"]:
+            row["rps_vs_gateway"] = round(row["rps"] / gw["rps"], 3)
+        cpu, gw_cpu = row["cpu_us_per_req"].get("target"), gw["cpu_us_per_req"].get("target")
+        if cpu is not None and gw_cpu:
+            row["cpu_vs_gateway"] = round(cpu / gw_cpu, 3)
     return list(rows.values())

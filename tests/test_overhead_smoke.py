@@ -1,16 +1,18 @@
 """The overhead benchmark end to end, tiny: a replica, the gateway and the load generator
-in their own processes, both targets measured, no request failing."""
+in their own processes, both targets measured, no request failing; a peer that fails to
+start is reported and the benchmark goes on (no real peer is needed)."""
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 import time
 from pathlib import Path
 
 import pytest
 
-from loadtest import overhead
+from loadtest import overhead, peers
 from loadtest.procs import descendants
 from loadtest.stacks import parse, report
 from loadtest.stats import Run, percentile, summarise
@@ -18,17 +20,28 @@ from loadtest.targets import Target
 
 
 @pytest.mark.timeout(60)
-def test_quick_run_measures_both_targets_without_errors(tmp_path: Path) -> None:
+def test_quick_run_measures_both_targets_without_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "broken-peer").write_text("#!/bin/sh\necho 'no such directive' >&2\nexit 1\n")
+    (bindir / "broken-peer").chmod(stat.S_IRWXU)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setitem(peers.PEERS, "broken", peers.starter("broken", "broken-peer",
+                                                             peers.haproxy))
     out = tmp_path / "overhead.json"
     t0 = time.monotonic()
     code = overhead.main(
-        ["--quick", "--requests", "24", "--concurrency", "1,8", "--peers", "none",
+        ["--quick", "--requests", "24", "--concurrency", "1,8", "--peers", "broken",
          "--out", str(out)]
     )
     elapsed = time.monotonic() - t0
     assert code == 0
     assert elapsed < 30
     results = json.loads(out.read_text())
+    assert list(results["unavailable"]) == ["broken"]
+    assert results["unavailable"]["broken"].startswith("failed to start: broken exited with 1")
     rows = results["summary"]
     cells = {(r["mode"], r["concurrency"], r["target"]) for r in rows}
     assert cells == {
