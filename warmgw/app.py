@@ -16,7 +16,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from warmgw import metrics, status
 from warmgw.admin import Admin
-from warmgw.config import Config, KubeParams, load
+from warmgw.config import ClientLimits, Config, KubeParams, load
 from warmgw.core.bluegreen import BlueGreen, PolicyState
 from warmgw.core.clock import Clock, MonotonicClock
 from warmgw.core.lifecycle import WARM
@@ -33,7 +33,7 @@ from warmgw.policy_store import (
     PolicyConflict,
     PolicyStore,
 )
-from warmgw.proxy import ClientLimits, Proxy
+from warmgw.proxy import Proxy
 from warmgw.supervisor import Supervisor
 from warmgw.warmup import Warmer
 
@@ -87,7 +87,7 @@ class Gateway:
         limits: ClientLimits | None = None,
     ) -> None:
         self.config = config
-        self.limits = limits or ClientLimits()
+        self.limits = limits or config.clients
         self.clock = clock or MonotonicClock()
         self.rng = rng or random.Random()
         self.registry = Registry(

@@ -43,6 +43,25 @@ class UpstreamParams:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientLimits:
+    """What one client request or connection may take (config section `clients`), so that
+    slow, idle, bloated or stalled clients cannot hold sockets, handlers, memory or a
+    replica's work. aiohttp's bound on reading a request head is its keep-alive timer,
+    which starts when a connection opens and again after each response: a client has
+    idle_timeout to send a whole head, and an idle connection is closed after it."""
+
+    idle_timeout: float = 75.0  # s; above a cloud L7 balancer's usual 60 s idle timeout
+    body_timeout: float = 60.0  # s for a whole request body, once its head has arrived
+    # s a response may wait for a client that reads nothing of it (its socket buffers
+    # full): then the request is cut, which frees the replica's work on it
+    write_timeout: float = 60.0
+    max_line_size: int = 8190  # the request line, and each header line (aiohttp: 400)
+    max_field_size: int = 8190
+    max_headers: int = 128  # header lines (aiohttp: 400)
+    max_head_bytes: int = 32768  # all header names and values together (431), like nginx
+
+
+@dataclass(frozen=True, slots=True)
 class HealthParams:
     interval: float = 1.0
     timeout: float = 2.0
@@ -78,6 +97,7 @@ class Config:
     listen: Listen = field(default_factory=Listen)
     admin: AdminParams = field(default_factory=AdminParams)
     upstream: UpstreamParams = field(default_factory=UpstreamParams)
+    clients: ClientLimits = field(default_factory=ClientLimits)
     health: HealthParams = field(default_factory=HealthParams)
     lifecycle: LifecycleParams = field(default_factory=LifecycleParams)
     warmup: WarmProfile = field(default_factory=WarmProfile)
@@ -203,7 +223,7 @@ def parse_replicas(raw: Any, where: str = "replicas") -> tuple[EndpointSpec, ...
 
 
 KNOWN = {
-    "listen", "admin", "upstream", "health", "strategy", "ramp", "slow_start", "outlier",
+    "listen", "admin", "upstream", "clients", "health", "strategy", "ramp", "slow_start", "outlier",
     "fleet", "warmup", "replicas", "policy", "state_file", "cutover", "discovery",
 }
 
@@ -252,6 +272,7 @@ def parse(data: Any, source: str | None = None) -> Config:
         listen=_build(Listen, _section(data, "listen"), "listen"),
         admin=admin,
         upstream=_build(UpstreamParams, _section(data, "upstream"), "upstream"),
+        clients=_build(ClientLimits, _section(data, "clients"), "clients"),
         health=_build(HealthParams, _section(data, "health"), "health"),
         lifecycle=lifecycle,
         warmup=_build(WarmProfile, _section(data, "warmup"), "warmup"),
@@ -288,6 +309,11 @@ def _check(cfg: Config) -> None:
             raise ConfigError(f"warmup.{name}: every value must be >= 1, got {list(values)}")
     if w.max_rounds < 1 or w.max_concurrent < 1:
         raise ConfigError("warmup.max_rounds and warmup.max_concurrent must be >= 1")
+    c = cfg.clients
+    for name in ("idle_timeout", "body_timeout", "write_timeout", "max_line_size",
+                 "max_field_size", "max_headers", "max_head_bytes"):
+        if getattr(c, name) <= 0:
+            raise ConfigError(f"clients.{name}: expected > 0, got {getattr(c, name)}")
     if not 1 <= cfg.listen.port <= 65535 and cfg.listen.port != 0:
         raise ConfigError(f"listen.port: expected 0-65535, got {cfg.listen.port}")
     if cfg.active_pool is not None and cfg.replicas and cfg.active_pool not in cfg.pools:

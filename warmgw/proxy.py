@@ -14,11 +14,13 @@ most 128 characters is replaced, never passed on.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import io
 import json
 import logging
 import random
-from dataclasses import dataclass
+import struct
+import termios
 from typing import Any
 
 import aiohttp
@@ -26,7 +28,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from warmgw import errors
-from warmgw.config import UpstreamParams
+from warmgw.config import ClientLimits, UpstreamParams
 from warmgw.core.clock import Clock
 from warmgw.core.lifecycle import State
 from warmgw.core.model import Endpoint, Route, Snapshot
@@ -49,22 +51,6 @@ HOP = frozenset(
 # (A refused or timed-out connect is caught before these: the request was not sent.)
 UPSTREAM_CUT = (aiohttp.ClientError, TimeoutError)
 MAX_REQUEST_ID = 128
-
-
-@dataclass(frozen=True, slots=True)
-class ClientLimits:
-    """What one client request or connection may take, so that slow, idle or bloated
-    clients cannot hold sockets, handlers and memory. aiohttp's bound on reading a request
-    head is its keep-alive timer, which starts when a connection opens and again after each
-    response: a client has idle_timeout to send a whole head, and an idle connection is
-    closed after it."""
-
-    idle_timeout: float = 75.0  # s; above a cloud L7 balancer's usual 60 s idle timeout
-    body_timeout: float = 60.0  # s for a whole request body, once its head has arrived
-    max_line_size: int = 8190  # the request line, and each header line (aiohttp: 400)
-    max_field_size: int = 8190
-    max_headers: int = 128  # header lines (aiohttp: 400)
-    max_head_bytes: int = 32768  # all header names and values together (431), like nginx
 
 
 class _NotSent(Exception):
@@ -95,6 +81,7 @@ class Proxy:
         self.naive = naive
         lim = limits or ClientLimits()
         self.body_timeout = lim.body_timeout
+        self.write_timeout = lim.write_timeout
         self.max_head_bytes = lim.max_head_bytes
         self._models_cache: tuple[int, bytes] = (-1, b"")
         # the handler tasks in flight on each endpoint, so a drain deadline can cut them
@@ -357,21 +344,28 @@ class Proxy:
         ttfb = -1.0
         content = up.content
         last = b"\n\n"
-        while True:
-            try:
-                chunk = await content.readany()
-            except UPSTREAM_CUT as e:
-                return await self._cut(request, ep, resp, sse, last, e)
-            if not chunk:
-                break
-            if ttfb < 0.0:
-                ttfb = self.clock.now() - t0
-            try:
-                await resp.write(chunk)
-            except ConnectionResetError:  # the client left; leaving closes the upstream
-                self.stats.count(ep.pool, ep.name, route, 499)
-                return resp
-            last = chunk
+        stall = _Stall(request, self.write_timeout)
+        now = stall.now
+        try:
+            while True:
+                try:
+                    chunk = await content.readany()
+                except UPSTREAM_CUT as e:
+                    return await self._cut(request, ep, resp, sse, last, e)
+                if not chunk:
+                    break
+                if ttfb < 0.0:
+                    ttfb = self.clock.now() - t0
+                stall.since = now()
+                try:
+                    await resp.write(chunk)
+                except ConnectionResetError:  # the client left; leaving closes the upstream
+                    self.stats.count(ep.pool, ep.name, route, 499)
+                    return resp
+                stall.since = 0.0
+                last = chunk
+        finally:
+            stall.stop()
         try:
             await resp.write_eof()
         except ConnectionResetError:
@@ -430,6 +424,70 @@ class Proxy:
             cached = json.dumps({"object": "list", "data": data}).encode()
             self._models_cache = (snap.version, cached)
         return web.Response(body=cached, content_type="application/json")
+
+
+class _Stall:
+    """Cuts a stream whose client has stopped reading it: a write has waited for the
+    client's socket to drain, and nothing of what is queued for the client (the
+    transport's buffer and the kernel's send queue) has gone out for `timeout` s. Without
+    it such a client would hold the handler, the upstream connection and the replica's
+    generation for as long as the replica keeps producing. A slow reader is not cut: its
+    queue keeps shrinking. One timer per stream; a write only stamps the time."""
+
+    __slots__ = ("_queued", "_since_progress", "_timer", "now", "request", "since", "timeout")
+
+    def __init__(self, request: web.Request, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        self.request = request
+        self.timeout = timeout
+        self.now = loop.time
+        self.since = 0.0  # when the pending write began; 0: none pending
+        self._queued = -1  # bytes queued for the client at the last check; -1: unknown
+        self._since_progress = 0.0
+        self._timer: asyncio.TimerHandle | None = loop.call_later(timeout, self._check)
+
+    def _check(self) -> None:
+        since = self.since
+        now = self.now()
+        loop = asyncio.get_running_loop()
+        if not since:
+            self._queued = -1
+            self._timer = loop.call_at(now + self.timeout, self._check)
+            return
+        transport = self.request.transport
+        if transport is None:
+            self._timer = None
+            return
+        queued = _queued(transport)
+        if self._queued < 0 or queued < self._queued:
+            self._since_progress = now
+        self._queued = queued
+        stuck = now - max(since, self._since_progress)
+        if stuck >= self.timeout:
+            log.info("client of %s read nothing for %.1f s (%d bytes queued for it): "
+                     "stream cut", self.request.path, stuck, queued)
+            transport.abort()  # the pending write raises ConnectionResetError
+            self._timer = None
+            return
+        self._timer = loop.call_at(now + self.timeout / 2, self._check)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+def _queued(transport: asyncio.BaseTransport) -> int:
+    """Bytes written for the client and not yet taken by it: the transport's buffer and
+    the kernel's send queue (SIOCOUTQ, where the platform has it)."""
+    n = transport.get_write_buffer_size() if isinstance(transport, asyncio.WriteTransport) else 0
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            n += struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+        except OSError:
+            pass
+    return n
 
 
 def _sole_model(snap: Snapshot) -> str | None:

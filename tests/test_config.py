@@ -1,0 +1,44 @@
+"""Bad configs stop the gateway with a message naming the key; good ones reach the parts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from warmgw.config import ClientLimits, ConfigError, parse
+
+REPLICAS = [{"name": "r0", "url": "http://127.0.0.1:9001"}]
+
+
+@pytest.mark.parametrize(
+    ("data", "names"),
+    [
+        ({"bogus": 1}, "bogus: unknown key"),
+        ({"clients": {"write_timout": 5}}, "clients.write_timout: unknown key"),
+        ({"clients": {"write_timeout": 0}}, "clients.write_timeout: expected > 0"),
+        ({"clients": {"idle_timeout": "soon"}}, "clients.idle_timeout"),
+        ({"clients": {"max_head_bytes": -1}}, "clients.max_head_bytes"),
+        ({"upstream": {"retries": 1.5}}, "upstream.retries: expected a whole number"),
+        ({"health": {"interval": True}}, "health.interval"),
+        ({"strategy": "fastest"}, "strategy: expected one of"),
+        ({"replicas": [{"name": "r0"}]}, "replicas[0].url"),
+        ({"replicas": REPLICAS * 2}, "'r0' is used twice"),
+        ({"policy": {"active": "green"}}, "policy.active: pool 'green' has no replica"),
+        ({"ramp": {"initial_weight": 2}}, "ramp.initial_weight"),
+        ({"listen": {"port": 70000}}, "listen.port"),
+    ],
+)
+def test_bad_config_names_the_key(data: dict[str, Any], names: str) -> None:
+    data = {"replicas": REPLICAS} | data
+    with pytest.raises(ConfigError, match=None) as e:
+        parse(data)
+    assert names in str(e.value)
+
+
+def test_client_limits_come_from_the_clients_section() -> None:
+    cfg = parse({"replicas": REPLICAS, "clients": {"write_timeout": 5, "idle_timeout": 30.5,
+                                                   "max_head_bytes": 16384}})
+    assert cfg.clients == ClientLimits(write_timeout=5.0, idle_timeout=30.5,
+                                       max_head_bytes=16384)
+    assert parse({"replicas": REPLICAS}).clients == ClientLimits()
