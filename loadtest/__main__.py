@@ -68,7 +68,8 @@ async def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     p = s.phases
     expected = p.warmup + p.steady + p.during + p.after
-    progress = Progress(s.name, expected, enabled=not args.no_progress)
+    progress = Progress(s.name, expected, enabled=not args.no_progress,
+                        after_event=p.during + p.after)
 
     # Ctrl-C and SIGTERM cancel the run (also where SIGINT came in ignored, as in a
     # background job); unwinding stops every child process

@@ -18,9 +18,13 @@ EVERY_LOG = 5.0  # s between two lines otherwise
 
 class Progress:
     def __init__(self, scenario: str, expected: float, out: TextIO = sys.stderr,
-                 enabled: bool = True) -> None:
+                 enabled: bool = True, after_event: float = 0.0) -> None:
         self.scenario = scenario
-        self.expected = expected  # s of load per strategy, for the bar
+        self.planned = expected  # s of load per strategy, for the bar
+        self.expected = expected
+        # s of load from the event on: a balancer whose initial replicas ramp by time
+        # delays the event, and the bar's end moves with it
+        self.after_event = after_event
         self.out = out
         self.enabled = enabled
         self.tty = out.isatty()
@@ -33,11 +37,14 @@ class Progress:
     def start(self, strategy: str, i: int, n: int) -> None:
         self.label = f"{self.scenario} {i + 1}/{n} {strategy}"
         self._t0 = time.monotonic()
+        self.expected = self.planned
         self.what = "starting"
         self._draw()
 
     def phase(self, what: str) -> None:
         self.what = what
+        if what == "event" and self.load is not None:
+            self.expected = max(self.planned, self.load.now() + self.after_event)
         if not self.tty:
             self._draw()
 

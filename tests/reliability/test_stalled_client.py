@@ -81,7 +81,7 @@ async def test_a_client_that_stops_reading_is_cut_and_the_replica_stops(env):
 async def test_a_slow_but_steady_reader_gets_its_whole_stream(env):
     """The socket is full most of the time, but each read frees room well within the
     write timeout: the stream is delivered to its end."""
-    fleet, gw = env
+    _, gw = env
     r, w = await small_window_client(gw.port)
     w.write(stream_request(20_000))  # ~2.5 MB
     await w.drain()
