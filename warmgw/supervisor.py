@@ -18,6 +18,7 @@ from warmgw.core.model import Endpoint
 from warmgw.core.registry import Registry, Transition
 from warmgw.core.telemetry import Histogram
 from warmgw.core.warm import OnDeadline, WarmProfile
+from warmgw.slots import Slots
 from warmgw.warmup import Warmer, WarmupFailed
 
 log = logging.getLogger("warmgw.lifecycle")
@@ -28,6 +29,10 @@ _ENGINE = re.compile(
     rb"(?:\{[^}]*\})?\s+(\S+)", re.M,
 )
 
+
+# States whose replicas the health loop checks, and in how many slices of its interval.
+WATCHED = frozenset({State.WARMING, State.RAMPING, State.READY})
+HEALTH_SLICES = 50
 
 WARMUP_BUCKETS = (1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
@@ -87,7 +92,7 @@ class Supervisor:
         self.clock = clock
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._loops: list[asyncio.Task[None]] = []
-        self._warm_slots = asyncio.Semaphore(profile.max_concurrent)
+        self._warm_slots = Slots(profile.max_concurrent)
         self.warmups: dict[str, int] = {}  # outcome -> count
         self.warmup_seconds = Histogram(WARMUP_BUCKETS)
         self.engine: dict[str, dict[str, float]] = {}  # replica -> vLLM gauges
@@ -230,7 +235,8 @@ class Supervisor:
             coord.release(ep.name)
 
     async def _warm_here(self, ep: Endpoint) -> None:
-        async with self._warm_slots:
+        # a replica that has served users goes first: the fleet is short of it now
+        async with self._warm_slots.hold(priority=0 if ep.requests else 1):
             if ep.state is not State.WARMING:
                 return
             model = sorted(ep.models)[0]
@@ -278,14 +284,23 @@ class Supervisor:
             self.registry.tick()
 
     async def _health_loop(self) -> None:
+        """One check per watched replica per interval, spread over the interval in up to
+        HEALTH_SLICES slices rather than all at once: with 1,000 replicas one burst of
+        checks held the event loop, and user requests with it, for ~0.1 s every second.
+        A round ends when its last slice has (a replica slow to answer delays only that)."""
+        interval = self.health.interval
         while True:
-            await asyncio.sleep(self.health.interval)
-            watched = [
-                ep for ep in self.registry.endpoints.values()
-                if ep.state in (State.RAMPING, State.READY, State.WARMING)
-            ]
-            if watched:
-                await asyncio.gather(*(self._check(ep) for ep in watched))
+            watched = [ep for ep in self.registry.endpoints.values() if ep.state in WATCHED]
+            k = max(1, min(len(watched), HEALTH_SLICES))
+            await asyncio.gather(
+                *(self._check_later(watched[i::k], interval * (i + 1) / k) for i in range(k))
+            )
+
+    async def _check_later(self, eps: list[Endpoint], delay: float) -> None:
+        await asyncio.sleep(delay)
+        due = [ep for ep in eps if ep.state in WATCHED]  # not those that moved meanwhile
+        if due:
+            await asyncio.gather(*(self._check(ep) for ep in due))
 
     async def _check(self, ep: Endpoint) -> None:
         """One health check. A refused connection means the process is gone: out at once.
@@ -304,7 +319,7 @@ class Supervisor:
         except (aiohttp.ClientError, TimeoutError) as e:
             ok, why = False, f"/health failed: {_what(e)}"
             down = isinstance(e, aiohttp.ClientConnectorError)
-        if ep.state not in (State.RAMPING, State.READY, State.WARMING):
+        if ep.state not in WATCHED:
             return
         name = ep.name
         if not ok:
