@@ -178,6 +178,11 @@ def _delta(stats: Mapping[str, Mapping[str, Mapping[str, Any]]], names: Iterable
     return sum(end.get(n, {}).get(key, 0) - start.get(n, {}).get(key, 0) for n in names)
 
 
+def _ratio(st: Mapping[str, Any], du: Mapping[str, Any]) -> dict[str, float | None]:
+    return {q: (round(du["lat"][q] / st["lat"][q], 2) if du["lat"][q] and st["lat"][q]
+                else None) for q in ("p50", "p99", "p99.9", "max")}
+
+
 def _last(ts: Iterable[float | None]) -> float | None:
     """The latest of the times, None if any is missing (or there are none)."""
     xs = list(ts)
@@ -196,15 +201,19 @@ def summarise(rec: Mapping[str, Any], p: Mapping[str, Any]) -> dict[str, Any]:
     joined = [n for n in reqs if n.startswith("n")]
     newcomers = [n for n in reqs if not n.startswith("f")]
     phases = {k: phase_stats(samples, *v) for k, v in rec["phases"].items()}
+    # served by the fleet's replicas: their simulator process is not the newcomers' one,
+    # so these show the gateway and the machine without the newcomers' process
+    on_fleet = [x for x in samples if x["replica"].startswith("f")]
+    by_fleet = {k: phase_stats(on_fleet, *v) for k, v in rec["phases"].items()}
     out: dict[str, Any] = {"status": rec["status"], "note": rec["note"],
                            "requests": len(samples),
                            "errors": sum(not s["ok"] for s in samples),
                            "error_kinds": error_kinds(samples), "phases": phases}
+    out["phases_fleet"] = by_fleet
     st, du = phases.get("steady"), phases.get("during")
     if st and du:
-        out["ratio"] = {q: (round(du["lat"][q] / st["lat"][q], 2)
-                            if du["lat"][q] and st["lat"][q] else None)
-                        for q in ("p50", "p99", "p99.9", "max")}
+        out["ratio"] = _ratio(st, du)
+        out["ratio_fleet"] = _ratio(by_fleet["steady"], by_fleet["during"])
     sim = rec["sim"]
     out["user_cold_hits"] = _delta(sim, [*fleet, *newcomers], "user_cold_hits")
     out["user_cold_hits_newcomers"] = _delta(sim, newcomers, "user_cold_hits")
@@ -398,7 +407,7 @@ def markdown(data: Mapping[str, Any]) -> str:
         rows.append([
             LABELS.get(name, name) + ("" if s["status"] == "ok" else f" ({s['status']})"),
             str(s["user_cold_hits"]), str(s["errors"]), *pair,
-            _f((s.get("ratio") or {}).get("p99.9")),
+            _f((s.get("ratio") or {}).get("p99.9")), _f((s.get("ratio_fleet") or {}).get("p99.9")),
             f"{j['ready_at_end']}/{j['replicas']}",
             _f(j["all_routable_s"], " s"), _f(j["all_ready_s"], " s"),
             f"{_f(cpu.get('steady', {}).get('gateway'))} / "
@@ -406,7 +415,8 @@ def markdown(data: Mapping[str, Any]) -> str:
             _f(cpu.get("during", {}).get("host")),
         ])
     lines += _table(["run", "user requests on a cold replica", "errors", "p50", "p99",
-                     "p99.9", "max", "p99.9 during / steady", "newcomers at full weight",
+                     "p99.9", "max", "p99.9 during / steady",
+                     "same, requests served by the fleet", "newcomers at full weight",
                      "all routable after", "all at full weight after",
                      "gateway CPU steady / during (cores)", "machine busy during (cores)"],
                     rows)
@@ -423,6 +433,10 @@ def _run_section(name: str, rec: Mapping[str, Any]) -> list[str]:
     rows = []
     for ph, x in s["phases"].items():
         rows.append([ph, f"{x['from']:.1f}-{x['to']:.1f}", str(x["requests"]), str(x["errors"]),
+                     " / ".join(_f(x["ttft"][q]) for q in ("p50", "p99", "p99.9", "max")),
+                     " / ".join(_f(x["lat"][q]) for q in ("p50", "p99", "p99.9", "max"))])
+    for ph, x in s["phases_fleet"].items():
+        rows.append([f"{ph}, served by the fleet", "", str(x["requests"]), str(x["errors"]),
                      " / ".join(_f(x["ttft"][q]) for q in ("p50", "p99", "p99.9", "max")),
                      " / ".join(_f(x["lat"][q]) for q in ("p50", "p99", "p99.9", "max"))])
     out += _table(["phase", "s", "requests", "errors", "TTFT p50 / p99 / p99.9 / max (ms)",
