@@ -20,8 +20,10 @@ ramp -> READY). Then, timed with time.perf_counter:
 - rebuild: one snapshot rebuild (what any change to the routable set costs).
 - tick: one `tick`, O(N) by design (it scans for ramps, backoffs and drains that time
   ends); the gateway runs it 10 times a second.
-- sync: one discovery event with nothing changed, O(N) by design (Kubernetes discovery
-  calls `sync` with the whole pod set on every pod event).
+- sync: one discovery event with nothing changed, O(N) by design.
+- pod event: what Kubernetes discovery does on every pod watch event (KubeDiscovery._on_pods
+  without its restart check): read every pod of the set (`pods.view`) and `sync` them all,
+  O(N) per event; a rolling update of N pods brings several events per pod.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from warmgw.core.policy import TrafficPolicy
 from warmgw.core.ramp import RampParams
 from warmgw.core.registry import LifecycleParams, OutlierParams, Registry, Transition
 from warmgw.core.stats import shape_key
+from warmgw.discovery.pods import spec_of, view
 
 MODEL = "tiny"
 POOL = "blue"
@@ -249,7 +252,41 @@ def measure(n: int, opts: CoreOptions, seed: int) -> dict[str, float]:
     out["rebuild_us"] = _per_op_us(_rebuild(reg), opts.ops)
     out["tick_us"] = _per_op_us(reg.tick, opts.ops)
     out["sync_us"] = _per_op_us(lambda: reg.sync(specs), opts.ops)
+    pods = {s.name: _pod(s) for s in specs}
+
+    def pod_event() -> None:
+        views = {name: view(o, POOL_LABEL) for name, o in pods.items()}
+        reg.sync(spec_of(v, 8000, MODEL) for v in views.values() if v.candidate)
+
+    out["pod_event_us"] = _per_op_us(pod_event, opts.ops)
     return out
+
+
+POOL_LABEL = "warmgw.io/pool"
+
+
+def _pod(spec: EndpointSpec) -> dict[str, Any]:
+    """A running, ready pod as the API server sends it (the fields discovery reads, and
+    about as many others)."""
+    ip = spec.url.split("//")[1].split(":")[0]
+    at = "2026-01-01T00:00:00Z"
+    conditions = [{"type": t, "status": "True", "lastProbeTime": None, "lastTransitionTime": at}
+                  for t in ("PodReadyToStartContainers", "Initialized", "ContainersReady",
+                            "Ready", "PodScheduled")]
+    conditions.append({"type": "warmgw.io/warmed", "status": "True", "lastTransitionTime": at,
+                       "message": "restartCount=0; by gw-0; warm"})
+    return {
+        "metadata": {"name": spec.name, "namespace": "llm", "uid": spec.name,
+                     "resourceVersion": "1", "creationTimestamp": at,
+                     "labels": {"app": "vllm", POOL_LABEL: spec.pool}},
+        "spec": {"containers": [{"name": "vllm", "image": "vllm/vllm-openai:v0.9.1"}],
+                 "readinessGates": [{"conditionType": "warmgw.io/warmed"}],
+                 "nodeName": "node-1"},
+        "status": {"phase": "Running", "conditions": conditions, "podIP": ip,
+                   "podIPs": [{"ip": ip}], "startTime": at,
+                   "containerStatuses": [{"name": "vllm", "ready": True, "restartCount": 0,
+                                          "started": True}]},
+    }
 
 
 def run(opts: CoreOptions) -> dict[str, Any]:

@@ -26,7 +26,7 @@ def with_ratios(rows: list[dict[str, Any]], figures: Sequence[str]) -> list[dict
 
 
 CORE_RATIOS = ("pick_ready_us", "pick_churn_us", "change_us", "rebuild_us", "tick_us",
-               "sync_us", "core_ms_per_s")
+               "sync_us", "pod_event_us", "core_ms_per_s")
 
 
 def core_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -151,7 +151,8 @@ PER_CORE = (
     ("pick us, churning", "pick_churn_us", ".2f", True), ("ramping", "ramping_avg", ".1f", False),
     ("changes/s", "changes_per_s", ".0f", False), ("per change us", "change_us", ".0f", True),
     ("rebuild us", "rebuild_us", ".0f", True), ("tick us", "tick_us", ".0f", True),
-    ("sync us", "sync_us", ".0f", True), ("core ms/s", "core_ms_per_s", ".1f", True),
+    ("sync us", "sync_us", ".0f", True), ("pod event us", "pod_event_us", ".0f", True),
+    ("core ms/s", "core_ms_per_s", ".1f", True),
 )
 
 
