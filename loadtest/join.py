@@ -102,6 +102,7 @@ class JoinParams:
     gap: float = 3.0  # s between the solo join at full weight and the big join
     join_timeout: float = 150.0  # s for every newcomer to reach full weight
     rewarm_at: float | None = 5.0  # s after the join: rewarm f0 (warm strategy only)
+    metrics_every: int | None = None  # the gateway's health.metrics_every (None: its default)
 
 
 FULL = JoinParams()
@@ -120,8 +121,10 @@ def new_names(p: JoinParams) -> list[str]:
 def scenario(p: JoinParams, quick: bool) -> Scenario:
     reps = [{"name": n} for n in fleet_names(p)]
     reps += [{"name": n, "initial": False} for n in new_names(p)]
-    data = merge(SCENARIO, {"fleet": {"replicas": reps},
-                            "gateway": {"warmup": {"max_concurrent": p.max_concurrent}}})
+    gateway: dict[str, Any] = {"warmup": {"max_concurrent": p.max_concurrent}}
+    if p.metrics_every is not None:
+        gateway["health"] = {"metrics_every": p.metrics_every}
+    data = merge(SCENARIO, {"fleet": {"replicas": reps}, "gateway": gateway})
     return parse(data, quick)
 
 
@@ -414,6 +417,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                              f"(default {FULL.join}; --quick {QUICK.join})")
     a.add_argument("--max-concurrent", type=int,
                    help=f"the gateway's warmup.max_concurrent (default {FULL.max_concurrent})")
+    a.add_argument("--metrics-every", type=int,
+                   help="the gateway's health.metrics_every (default: the gateway's, 5); a "
+                        "large value shows the run without the newcomers' simulator process "
+                        "stalling when every replica's /metrics is read at once")
     a.add_argument("--out", type=Path, help="result directory (default loadtest/results/"
                                             "join-TIMESTAMP)")
     a.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
@@ -426,8 +433,10 @@ async def main_async(args: argparse.Namespace) -> int:
         p = replace(p, join=args.join)
     if args.max_concurrent is not None:
         p = replace(p, max_concurrent=args.max_concurrent)
-    if p.join < 1 or p.max_concurrent < 1:
-        raise SpecError("--join and --max-concurrent must be >= 1")
+    if args.metrics_every is not None:
+        p = replace(p, metrics_every=args.metrics_every)
+    if p.join < 1 or p.max_concurrent < 1 or (p.metrics_every or 1) < 1:
+        raise SpecError("--join, --max-concurrent and --metrics-every must be >= 1")
     strategies = [x.strip() for x in args.strategies.split(",") if x.strip()]
     for x in strategies:
         if x not in STRATEGIES:

@@ -392,7 +392,8 @@ def markdown(data: Mapping[str, Any]) -> str:
         f" us/token, {sim['itl'] * 1000:g} ms/token, max_running {sim['max_running']}; "
         f"cold start {sim['cold_shape_penalty']:g} s per new prompt bucket + "
         f"{sim['cold_batch_penalty']:g} s per new batch size. Gateway warmup.max_concurrent "
-        f"{p['max_concurrent']}.",
+        f"{p['max_concurrent']}" + (f", health.metrics_every {p['metrics_every']}"
+                                    if p.get("metrics_every") else "") + ".",
         "",
         "## Summary (latency in ms, steady / during the join)",
         "",
