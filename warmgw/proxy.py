@@ -480,7 +480,8 @@ class _Stall:
 def _queued(transport: asyncio.BaseTransport) -> int:
     """Bytes written for the client and not yet taken by it: the transport's buffer and
     the kernel's send queue (SIOCOUTQ, where the platform has it)."""
-    n = transport.get_write_buffer_size() if isinstance(transport, asyncio.WriteTransport) else 0
+    size = getattr(transport, "get_write_buffer_size", None)  # uvloop's: no WriteTransport
+    n = int(size()) if size is not None else 0
     sock = transport.get_extra_info("socket")
     if sock is not None:
         try:
