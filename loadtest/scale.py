@@ -1,6 +1,6 @@
 """How the gateway's cost grows with the fleet: 2, 100 and 1,000 replicas side by side.
 
-    .venv/bin/python -m loadtest.scale [--quick] [--fleets 2,100,1000] [--rounds 3]
+    .venv/bin/python -m loadtest.scale [--quick] [--fleets 2,100,1000] [--rounds 5]
 
 A. The gateway (`python -m warmgw serve`) in front of N simulated replicas with (almost)
    no latency, all N in one simulator process (`python -m warmgw.sim --replicas N`), each
@@ -63,8 +63,8 @@ _EJECTED = re.compile(rb'^warmgw_replica_transitions_total\{to="ejected"\} (\S+)
 @dataclass(frozen=True)
 class Options:
     fleets: tuple[int, ...] = (2, 100, 1000)
-    rounds: int = 3
-    requests: int = 12000  # per (N, target), split over the rounds
+    rounds: int = 5
+    requests: int = 15000  # per (N, target), split over the rounds
     concurrency: int = 16
     idle: float = 5.0  # s of idle CPU per (N, round): a multiple of the 5 s /metrics cycle
     settle: float = 1.0  # s after all are READY, before the idle window
@@ -73,11 +73,12 @@ class Options:
     max_tokens: int = 8
     prompt_words: int = 16
     warmup: int | None = None  # requests per run before measuring; None: max(2c, 100, 3N)
-    time_limit: float = 280.0
+    time_limit: float = 270.0
     run_limit: float = 60.0
     ready_timeout: float = 180.0
     profile: bool = False  # the gateway under cProfile: figures not comparable
     src: Path | None = None  # run the warmgw package of this source tree instead
+    health_interval: float | None = None  # the gateway's health.interval; None: its default
     gateway: bool = True  # part A
     core: scale_core.CoreOptions | None = field(default_factory=scale_core.CoreOptions)
     out: Path = RESULTS / "scale.json"
@@ -102,20 +103,23 @@ def parse_args(argv: list[str] | None) -> Options:
     p = argparse.ArgumentParser(prog="python -m loadtest.scale", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--fleets", default="2,100,1000", help="fleet sizes (2,100,1000)")
-    p.add_argument("--rounds", type=int, help="rounds, the order of the N's rotating (3)")
-    p.add_argument("--requests", type=int, help="per N and target, over the rounds (12000)")
+    p.add_argument("--rounds", type=int, help="rounds, the order of the N's rotating (5)")
+    p.add_argument("--requests", type=int, help="per N and target, over the rounds (15000)")
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--idle", type=float, help="seconds of idle CPU per N and round (5)")
     p.add_argument("--addressing", choices=["hosts", "ports"], default="hosts")
     p.add_argument("--warm-concurrent", type=int, default=16,
                    help="the gateway's warmup.max_concurrent (16)")
-    p.add_argument("--time-limit", type=float, help="seconds for part A (280)")
+    p.add_argument("--time-limit", type=float, help="seconds for part A (270)")
     p.add_argument("--profile", action="store_true",
                    help="run the gateway under cProfile (gateway-N-rR.prof beside --out); "
                         "its figures are then not comparable")
     p.add_argument("--src", type=Path, metavar="DIR",
                    help="run the gateway from this source tree (e.g. `git archive` of another "
                         "commit, unpacked) instead of this one")
+    p.add_argument("--health-interval", type=float, metavar="S",
+                   help="the gateway's health.interval (default: the gateway's own, 1 s); "
+                        "e.g. 3600 to see the fleet without its health checks")
     p.add_argument("--no-gateway", action="store_true", help="skip part A")
     p.add_argument("--no-core", action="store_true", help="skip part B")
     p.add_argument("--out", type=Path, default=RESULTS / "scale.json")
@@ -133,7 +137,7 @@ def parse_args(argv: list[str] | None) -> Options:
     opts = replace(
         opts, fleets=fleets, concurrency=a.concurrency, addressing=a.addressing,
         warm_concurrent=a.warm_concurrent, profile=a.profile, gateway=not a.no_gateway,
-        src=a.src.resolve() if a.src else None,
+        src=a.src.resolve() if a.src else None, health_interval=a.health_interval,
         core=None if a.no_core else replace(opts.core or scale_core.CoreOptions(),
                                             fleets=fleets),
         out=a.out, **{k: v for k, v in given.items() if v is not None},
@@ -182,6 +186,8 @@ def start_stack(kids: Children, n: int, opts: Options, rnd: int) -> Stack:
         "warmup": {**TINY_WARMUP, "max_concurrent": opts.warm_concurrent},
         "ramp": {"initial_weight": 1.0, "doubling_time": 0.1},
     }
+    if opts.health_interval is not None:
+        config["health"] = {"interval": opts.health_interval}
     path = kids.workdir / f"gateway-{n}.yaml"
     path.write_text(yaml.safe_dump(config))
     wrap = []

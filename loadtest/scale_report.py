@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from loadtest import scale_core
-from loadtest.stats import Run, summarise_cell
+from loadtest.stats import Run, percentile, summarise_cell
 
 # figures compared with the first fleet size, as figure(N) / figure(first N)
 RATIOS = ("rps", "p50_ms", "p99_ms", "added_p50_ms", "added_p99_ms", "cpu_us_per_req",
@@ -46,7 +46,35 @@ def summarise(cells: Sequence[Mapping[str, Any]], fleets: Sequence[int]) -> list
         mine = [c for c in cells if c["n"] == n]
         if mine:
             rows.append(_row(n, mine))
-    return with_ratios(rows, RATIOS) if rows else rows
+    if not rows:
+        return rows
+    base = rows[0]["per_round"]
+    for row in rows:  # each round's figure over the first N's in the same round
+        for key in PAIRED:
+            pairs = sorted(
+                round(v[key] / base[r][key], 2) for r, v in row["per_round"].items()
+                if r in base and base[r][key]
+            )
+            row[f"{key}_ratio_rounds"] = pairs
+            row[f"{key}_ratio_median"] = statistics.median(pairs) if pairs else None
+    return with_ratios(rows, RATIOS)
+
+
+# figures also compared round by round (N's rounds with the first N's same round)
+PAIRED = ("net_cpu_us_per_req", "added_p50_ms")
+
+
+def _per_round(c: Mapping[str, Any]) -> dict[str, float]:
+    gw = next(r for r in c["runs"] if r.target == "gateway")
+    direct = next(r for r in c["runs"] if r.target == "direct")
+    net = gw.cpu["gateway"] - c["idle"]["gateway"] * gw.elapsed
+    return {
+        "net_cpu_us_per_req": round(net * 1e6 / gw.completed, 1) if gw.completed else 0.0,
+        "added_p50_ms": round((percentile(gw.lat_us, 50) - percentile(direct.lat_us, 50))
+                              / 1000, 3),
+        "p99_ms": round(percentile(gw.lat_us, 99) / 1000, 3),
+        "rps": round(gw.completed / gw.elapsed, 1) if gw.elapsed else 0.0,
+    }
 
 
 def _row(n: int, cells: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -90,6 +118,7 @@ def _row(n: int, cells: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "gateway_fds": max(c["gateway_fds"] for c in cells),
         "ejected": sum(c["ejected"] for c in cells),
         "ready_after": min(c["ready_after"] for c in cells),
+        "per_round": {str(c["round"]): _per_round(c) for c in cells},
     }
 
 
@@ -112,6 +141,8 @@ def _fmt(row: Mapping[str, Any], key: str, fmt: str, ratio: bool = True) -> str:
     v = row.get(key)
     if v is None:
         return "-"
+    if isinstance(v, list):  # ratios, one a round: their median and range
+        return f"{statistics.median(v):.2f}x ({min(v):.2f}-{max(v):.2f})" if v else "-"
     s = format(v, fmt)
     r = row.get("ratio", {}).get(key)
     return f"{s} ({r:.2f}x)" if ratio and r is not None and row is not None else s
@@ -132,8 +163,9 @@ PER_REQUEST = (
     ("N", "n", "d", False), ("req/s", "rps", ".0f", True), ("p50 ms", "p50_ms", ".2f", True),
     ("p99 ms", "p99_ms", ".2f", True), ("+p50 ms", "added_p50_ms", "+.2f", True),
     ("+p99 ms", "added_p99_ms", "+.2f", True), ("CPU us/req", "cpu_us_per_req", ".0f", True),
-    ("net of idle", "net_cpu_us_per_req", ".0f", True), ("direct req/s", "direct_rps", ".0f",
-                                                         False),
+    ("net of idle", "net_cpu_us_per_req", ".0f", True),
+    ("net, round by round", "net_cpu_us_per_req_ratio_rounds", "", False),
+    ("direct req/s", "direct_rps", ".0f", False),
     ("others cores", "others_cores", ".2f", False), ("errors", "errors", "d", False),
 )
 PER_FLEET = (
@@ -169,9 +201,10 @@ def text(results: Mapping[str, Any]) -> str:
             f"{m['cpus']} CPUs" + (" [PROFILED: not comparable]" if m["profiled"] else "")
         )
         out.append(_table(rows, PER_REQUEST))
-        out.append("+p50/+p99: over the same load sent straight to one replica of that fleet; "
-                   "CPU: the gateway's, from /proc, while loaded; net of idle: minus its idle "
-                   "rate over the same time")
+        out.append("+p50/+p99: over the same load sent straight to one replica of that "
+                   "fleet; CPU: the gateway's, from /proc, while loaded; net of idle: minus its "
+                   "idle rate over the same time; round by round: each round's net CPU over "
+                   "the first N's in the same round, median (range)")
         out.append("")
         out.append(_table(rows, PER_FLEET))
         out.append("idle: gateway CPU per second with no traffic (health checks, /metrics "

@@ -44,7 +44,9 @@ def test_quick_run_measures_every_fleet_size_without_errors(tmp_path: Path) -> N
         assert r["cpu_us_per_req"] is not None and r["idle_cores"] >= 0
         assert r["gateway_fds"] > 0 and r["metrics_kib"] > 0 and r["ready_s"] > 0
         assert set(r["ratio"]) == set(scale_report.RATIOS)
+        assert set(r["per_round"]) == {"0"} and len(r["net_cpu_us_per_req_ratio_rounds"]) == 1
     assert rows[0]["ratio"]["rps"] == 1.0  # against the smallest fleet
+    assert rows[0]["net_cpu_us_per_req_ratio_rounds"] == [1.0]
     assert rows[-1]["metrics_kib"] > rows[0]["metrics_kib"]  # a series per replica
     cells = results["gateway_cells"]
     assert sorted(c["n"] for c in cells) == sorted(fleets)
