@@ -309,6 +309,8 @@ def one_fleet(loadgen: LoadGen, kids: Children, n: int, opts: Options,
         "metrics_bytes": len(metrics), "status_ms": status_s * 1e3,
         "ready_after": int(status["pools"]["blue"]["ready"]),
         "ejected": int(float(m.group(1))) if m else 0,
+        "ejections": [f"{t['replica']}: {t['reason']}" for t in status.get("transitions", [])
+                      if t.get("to") == "ejected"][:10],
         "gateway_fds": _fds(stack.gateway.pid),
     }
 
@@ -406,6 +408,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     if m["incomplete"]:
         print("the time limit stopped the benchmark early", file=sys.stderr)
+    for r in results.get("gateway", []):
+        for e in r["ejections"]:
+            print(f"N={r['n']}: ejected {e}", file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -117,6 +117,7 @@ def _row(n: int, cells: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "status_ms": round(statistics.median(c["status_ms"] for c in cells), 1),
         "gateway_fds": max(c["gateway_fds"] for c in cells),
         "ejected": sum(c["ejected"] for c in cells),
+        "ejections": [e for c in cells for e in c.get("ejections", [])][:10],
         "ready_after": min(c["ready_after"] for c in cells),
         "per_round": {str(c["round"]): _per_round(c) for c in cells},
     }
