@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from warmgw.core.ramp import LatencyRamp, RampParams, SlowStart, SlowStartParams
@@ -46,18 +48,23 @@ def test_ratios_within_tolerance_do_not_slow_growth() -> None:
 # -- latency ramp: shrink, hold, re-growth --------------------------------------------------
 
 # (time since start, ratio observed then or None, expected weight right after)
+# A ratio's distance from 1 halves every doubling_time (2 s) after it was seen: 1.3 seen at
+# 4 s is back within 1.25 at FADE = 4 + 2 log2(0.3 / 0.25) = 4.53 s.
+FADE = 4.0 + 2.0 * math.log2(0.3 / 0.25)
+W5 = 0.1 * 2 ** ((5.0 - FADE) / 2.0)  # grown from 0.1 since FADE
 SHRINK_HOLD_REGROW = [
     (4.0, 1.0, 0.2),  # growing: 0.05 * 2**2
     (4.0, 1.3, 0.1),  # above 1.25: cut by half, and held
-    (5.0, None, 0.1),  # held, time alone does not grow it
-    (5.0, 2.0, 0.1),  # still slow, but a cut was made less than doubling_time ago
-    (5.9, 3.0, 0.1),
-    (6.0, 2.0, 0.05),  # one doubling_time after the first cut: cut again
-    (7.0, None, 0.05),
-    (7.0, 1.25, 0.05),  # within tolerance again (edge inclusive): grows from here
-    (8.0, None, 0.05 * 2**0.5),
-    (9.0, None, 0.1),
-    (11.0, None, 0.2),
+    (4.5, None, 0.1),  # held while the slow ratio is fresh
+    (5.0, None, W5),  # it has faded into tolerance: growing again from FADE
+    (5.0, 2.0, W5),  # slow again, but a cut was made less than doubling_time ago: held
+    (5.9, 3.0, W5),
+    (6.0, 2.0, W5 / 2),  # one doubling_time after the first cut: cut again
+    (7.0, None, W5 / 2),  # 2.0 seen 1 s ago is 1.71 now: still held
+    (7.0, 1.25, W5 / 2),  # within tolerance again (edge inclusive): grows from here
+    (8.0, None, W5 / 2 * 2**0.5),
+    (9.0, None, W5),
+    (11.0, None, W5 * 2),
 ]
 
 
@@ -121,9 +128,15 @@ def test_ratio_oscillating_across_tolerance_is_cut_at_most_once_per_doubling_tim
         ([], 8.65, "converged"),  # weight reached 1 and no bad ratio seen
         ([(1.0, 2.0), (1.1, 8.0)], 8.65, "converged"),
         ([(1.0, 2.0), (2.0, 8.0)], 8.65, None),  # cut at 8 s: back to 0.4, held
-        ([(2.0, 1.0)], 119.9, None),  # held at 0.025 all along
-        ([(2.0, 1.0)], 120.0, "max ramp time"),  # promoted whatever the weight
-        ([(2.0, 1.0)], 500.0, "max ramp time"),
+        # one slow ratio (2.0 at 1 s): cut from 0.0707 to 0.0354 and held until it fades
+        # (5 s), then grown back: 0.0354 * 2 ** ((t - 5) / 2) reaches 1 at 14.64 s
+        ([(2.0, 1.0)], 4.9, None),
+        ([(2.0, 1.0)], 14.6, None),
+        ([(2.0, 1.0)], 14.7, "converged"),
+        # slow whenever it gets a request: held, then promoted whatever the weight
+        ([(2.0, float(t)) for t in range(1, 120, 3)], 119.9, None),
+        ([(2.0, float(t)) for t in range(1, 120, 3)], 120.0, "max ramp time"),
+        ([(2.0, 1.0)], 500.0, "converged"),
     ],
 )
 def test_done_reasons(ratios: list[tuple[float, float]], at: float, why: str | None) -> None:

@@ -263,6 +263,7 @@ def test_ramping_replica_with_bad_ratios_loses_weight() -> None:
     w.fleet_traffic(50)
     w.to_ramping("new")
     new = w.ep("new")
+    new_since = w.clock.now()
     w.advance(4.0)
     assert new.weight(w.clock.now()) == pytest.approx(0.2)
     w.reg.observe(new, M, KEY, 3 * FAST)  # three times slower than the fleet
@@ -273,9 +274,31 @@ def test_ramping_replica_with_bad_ratios_loses_weight() -> None:
         w.advance(1.0)
         assert st(new) is S.RAMPING
     assert new.weight(w.clock.now()) < 0.1
-    w.advance(120.0)
-    assert st(new) is S.READY
+    while st(new) is S.RAMPING:  # slow whenever it is asked: held until max_ramp_time
+        w.reg.observe(new, M, KEY, 3 * FAST)
+        w.advance(1.0)
+    assert w.clock.now() - new_since >= 120.0
     assert w.seen[-1].reason == "ramp over: max ramp time"
+
+
+def test_a_held_replica_resumes_once_its_slow_sample_is_old() -> None:
+    """One slow request cuts a ramping replica's weight; at that low weight it may get no
+    more requests for a long time, so the evidence fades (its distance from the fleet
+    halves every doubling_time) and it grows back instead of waiting max_ramp_time."""
+    w = World()
+    w.add("old", "new")
+    w.to_ready("old")
+    w.fleet_traffic(50)
+    w.to_ramping("new")
+    new = w.ep("new")
+    w.advance(4.0)
+    w.reg.observe(new, M, KEY, 3 * FAST)
+    assert new.weight(w.clock.now()) == pytest.approx(0.1)
+    w.advance(3.0)  # 3.0 seen 3 s ago counts as 1 + 2 * 2 ** -1.5 = 1.71: still held
+    assert new.weight(w.clock.now()) == pytest.approx(0.1)
+    w.advance(20.0)  # faded at 4 + 2 log2(2 / 0.25) = 10 s, grown to 1 by 16.6 s
+    assert st(new) is S.READY
+    assert w.seen[-1].reason == "ramp over: converged"
 
 
 def test_ramping_latency_does_not_move_the_fleet_baseline() -> None:

@@ -8,9 +8,13 @@ tolerance, r <= 1 + tolerance, its weight doubles every `doubling_time` seconds:
     w(t) = min(1, w0 * 2 ** ((t - t0) / doubling_time))
 
 When r rises above 1 + tolerance, the weight is cut: w0 = max(min_weight, w(t) * shrink),
-t0 = t, and it holds there until a ratio within tolerance is seen again (at most one cut
-per doubling_time, so one burst of slow requests does not drive it to the floor). The
-endpoint is promoted to ready once w(t) reaches 1 with r within tolerance, or when
+t0 = t, and it holds there until r is within tolerance again (at most one cut per
+doubling_time, so one burst of slow requests does not drive it to the floor). Evidence
+fades: between samples r's distance from 1 halves every doubling_time, so a replica held
+after a slow request resumes growing even if, at its low weight among many replicas, it
+gets too few requests to prove itself (a slow one is cut again by its next request; a
+join of 100 replicas showed replicas held for max_ramp_time by one slow request each).
+The endpoint is promoted to ready once w(t) reaches 1 with r within tolerance, or when
 `max_ramp_time` has passed since the ramp began, whatever the weight.
 
 Envoy slow start (baseline). Time only, whatever the endpoint's latency:
@@ -22,6 +26,7 @@ Weights are functions of the current time, evaluated at pick time, so nothing go
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -46,7 +51,7 @@ class SlowStartParams:
 class LatencyRamp:
     """warmgw's law: exponential growth while latency is within tolerance of the fleet."""
 
-    __slots__ = ("cut_at", "growing", "p", "ratio", "samples", "started", "t0", "w0")
+    __slots__ = ("at", "cut_at", "growing", "p", "ratio", "samples", "started", "t0", "w0")
 
     def __init__(self, params: RampParams, now: float) -> None:
         self.p = params
@@ -57,20 +62,46 @@ class LatencyRamp:
         self.ratio: float | None = None
         self.samples = 0
         self.cut_at: float | None = None
+        self.at = now  # when ratio was last updated
 
     def weight(self, now: float) -> float:
         if not self.growing:
-            return self.w0
+            back = self._back_within(now)
+            if back is None:
+                return self.w0
+            self.t0 = max(back, self.t0)  # the held ratio faded into tolerance: grow
+            self.growing = True
         w: float = self.w0 * 2.0 ** ((now - self.t0) / self.p.doubling_time)
         return 1.0 if w >= 1.0 else w
 
-    def within_tolerance(self) -> bool:
-        return self.ratio is None or self.ratio <= 1.0 + self.p.tolerance
+    def ratio_at(self, now: float) -> float | None:
+        """The smoothed ratio, its distance from 1 halved every doubling_time since the
+        last sample."""
+        r = self.ratio
+        if r is None or now <= self.at:
+            return r
+        fade: float = 0.5 ** ((now - self.at) / self.p.doubling_time)
+        return 1.0 + (r - 1.0) * fade
+
+    def within_tolerance(self, now: float | None = None) -> bool:
+        r = self.ratio if now is None else self.ratio_at(now)
+        return r is None or r <= 1.0 + self.p.tolerance
+
+    def _back_within(self, now: float) -> float | None:
+        """When the fading ratio came within tolerance, if it has by now."""
+        r = self.ratio
+        tol = self.p.tolerance
+        if r is None or r <= 1.0 + tol:
+            return self.at
+        back = self.at + self.p.doubling_time * math.log2((r - 1.0) / tol)
+        return back if back <= now else None
 
     def observe(self, ratio: float, now: float) -> None:
         """Feed one latency ratio (endpoint / fleet, same request shape)."""
         a = self.p.ewma_alpha
-        self.ratio = ratio if self.ratio is None else a * ratio + (1.0 - a) * self.ratio
+        prior = self.ratio_at(now)
+        self.ratio = ratio if prior is None else a * ratio + (1.0 - a) * prior
+        self.at = max(self.at, now)
         self.samples += 1
         if self.within_tolerance():
             if not self.growing:
@@ -87,7 +118,7 @@ class LatencyRamp:
 
     def done(self, now: float) -> str | None:
         """Why the ramp is over ('converged' or 'max ramp time'), or None if it is not."""
-        if self.weight(now) >= 1.0 and self.within_tolerance():
+        if self.weight(now) >= 1.0 and self.within_tolerance(now):
             return "converged"
         if now - self.started >= self.p.max_ramp_time:
             return "max ramp time"
