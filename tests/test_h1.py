@@ -167,3 +167,25 @@ class socket_listener:
 
     def __exit__(self, *exc):
         self.sock.close()
+
+
+async def test_a_header_line_that_never_ends_is_refused_once_over_the_head_limit(server):
+    """llhttp keeps an unfinished header line in memory: the server bounds what a head may
+    take before it is complete (431), however the bytes are split."""
+    srv, port = server
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    w.write(b"GET / HTTP/1.1\r\nX-Endless: ")
+    for _ in range(100):  # 6.4 MB if it were all taken
+        w.write(b"a" * 65536)
+        try:
+            await w.drain()
+        except ConnectionError:
+            break
+    try:
+        async with asyncio.timeout(5):
+            out = await r.read()
+    except ConnectionResetError:  # closed with the client's bytes unread: a reset
+        out = b""
+    w.close()
+    assert out.startswith(b"HTTP/1.1 431") or out == b""
+    assert not srv.connections

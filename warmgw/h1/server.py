@@ -94,6 +94,11 @@ class Connection(asyncio.Protocol):
         self._in_head = False
         self._in_body = False
         self._answered = False  # the current response has begun
+        # bytes received while a request head is incomplete (bounded: see data_received)
+        self._head_done = False
+        self._head_seen = 0
+        lim = self.limits
+        self._head_cap = lim.max_head_bytes + lim.max_line_size + 2 * lim.max_headers + 4096
         self._chunked = False
 
     # -- asyncio.Protocol -------------------------------------------------------------------
@@ -118,6 +123,12 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
+        if not self._head_done:  # llhttp buffers a header until its line ends: bound it
+            self._head_seen += len(data)
+            if self._head_seen > self._head_cap:
+                self._reject(431, f"request headers are larger than the limit of "
+                                  f"{self.limits.max_head_bytes} bytes", "headers_too_large")
+                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -172,6 +183,7 @@ class Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._head_done = True
         self._cancel_timer()
         p = self.parser
         length = None
@@ -211,6 +223,8 @@ class Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self._in_body = False
+        self._head_done = False  # what comes next is the next request's head
+        self._head_seen = 0
         self._cancel_timer()
         req = self._req
         body = self._body
