@@ -65,8 +65,13 @@ def sim_argv(config: SimConfig, n: int) -> list[str]:
 
 
 class SimFleet:
-    def __init__(self, kids: Children, fleet: Fleet, session: aiohttp.ClientSession) -> None:
+    def __init__(self, kids: Children, fleet: Fleet, session: aiohttp.ClientSession,
+                 name: str = "sim", argv: list[str] | None = None) -> None:
+        """name: the child's (and its log's) name; argv: another command line that serves
+        the same replicas and prints the same lines (default: python -m warmgw.sim)."""
         self.kids = kids
+        self.name = name
+        self.argv = argv
         self.fleet = fleet
         self.session = session
         self.replicas: dict[str, Replica] = {}
@@ -74,7 +79,7 @@ class SimFleet:
 
     async def start(self) -> None:
         defs = self.fleet.replicas
-        child = self.kids.start("sim", sim_argv(self.fleet.sim, len(defs)))
+        child = self.kids.start(self.name, self.argv or sim_argv(self.fleet.sim, len(defs)))
         self.pid = child.pid
         deadline = time.monotonic() + START_TIMEOUT
         found: dict[str, str] = {}

@@ -13,6 +13,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from warmgw.app import serve_forever
     from warmgw.config import ConfigError, load
+    from warmgw.fdlimit import raise_open_files_limit
     from warmgw.state import StateFileError
 
     try:
@@ -20,6 +21,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"warmgw: bad config: {e}", file=sys.stderr)
         return 2
+    raise_open_files_limit()
     try:
         uvloop.run(serve_forever(config))
     except StateFileError as e:

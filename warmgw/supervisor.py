@@ -30,10 +30,6 @@ _ENGINE = re.compile(
 )
 
 
-# States whose replicas the health loop checks, and in how many slices of its interval.
-WATCHED = frozenset({State.WARMING, State.RAMPING, State.READY})
-HEALTH_SLICES = 50
-
 WARMUP_BUCKETS = (1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
 
@@ -284,23 +280,14 @@ class Supervisor:
             self.registry.tick()
 
     async def _health_loop(self) -> None:
-        """One check per watched replica per interval, spread over the interval in up to
-        HEALTH_SLICES slices rather than all at once: with 1,000 replicas one burst of
-        checks held the event loop, and user requests with it, for ~0.1 s every second.
-        A round ends when its last slice has (a replica slow to answer delays only that)."""
-        interval = self.health.interval
         while True:
-            watched = [ep for ep in self.registry.endpoints.values() if ep.state in WATCHED]
-            k = max(1, min(len(watched), HEALTH_SLICES))
-            await asyncio.gather(
-                *(self._check_later(watched[i::k], interval * (i + 1) / k) for i in range(k))
-            )
-
-    async def _check_later(self, eps: list[Endpoint], delay: float) -> None:
-        await asyncio.sleep(delay)
-        due = [ep for ep in eps if ep.state in WATCHED]  # not those that moved meanwhile
-        if due:
-            await asyncio.gather(*(self._check(ep) for ep in due))
+            await asyncio.sleep(self.health.interval)
+            watched = [
+                ep for ep in self.registry.endpoints.values()
+                if ep.state in (State.RAMPING, State.READY, State.WARMING)
+            ]
+            if watched:
+                await asyncio.gather(*(self._check(ep) for ep in watched))
 
     async def _check(self, ep: Endpoint) -> None:
         """One health check. A refused connection means the process is gone: out at once.
@@ -319,7 +306,7 @@ class Supervisor:
         except (aiohttp.ClientError, TimeoutError) as e:
             ok, why = False, f"/health failed: {_what(e)}"
             down = isinstance(e, aiohttp.ClientConnectorError)
-        if ep.state not in WATCHED:
+        if ep.state not in (State.RAMPING, State.READY, State.WARMING):
             return
         name = ep.name
         if not ok:
