@@ -129,15 +129,19 @@ def fd_kinds(pid: int) -> dict[str, int]:
 
 
 def snapshot(pid: int, url: str) -> dict[str, Any]:
-    """The gateway's figures now. Fds: the fewest of five looks 0.1 s apart, so that a
-    health check's or this scrape's connection caught in passing does not count."""
+    """The gateway's figures now. Fds and tasks: the fewest of five looks 0.1 s apart, so
+    that a health check's connection or task, or this scrape's, caught in passing does not
+    count (what leaks stays in every look)."""
     looks = []
+    scrapes = []
     for _ in range(5):
         looks.append(fd_kinds(pid))
+        scrapes.append(gauges(url))
         time.sleep(0.1)
     kinds = min(looks, key=lambda k: sum(k.values()))
     st = proc_status(pid)
-    g = gauges(url)
+    g = dict(scrapes[-1])
+    g["warmgw_asyncio_tasks"] = min(x.get("warmgw_asyncio_tasks", -1) for x in scrapes)
     return {
         "rss_kib": st["VmRSS"],
         "rss_peak_kib": st["VmHWM"],

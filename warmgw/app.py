@@ -25,6 +25,8 @@ from warmgw.core.policy import TrafficPolicy
 from warmgw.core.registry import Registry, Strategy
 from warmgw.discovery.kube import KubeDiscovery, default_identity, own_namespace
 from warmgw.discovery.kube import api_client as kube_api_client
+from warmgw.h1.client import Pool
+from warmgw.h1.server import Request, Server
 from warmgw.policy_store import (
     STORE_ERRORS,
     ConfigMapStore,
@@ -105,7 +107,9 @@ class Gateway:
         self.kube: KubeDiscovery | None = None
         self._kube_api: Any = None
         self.static_specs: dict[str, EndpointSpec] = {s.name: s for s in config.replicas}
-        self._runners: list[web.AppRunner] = []
+        self._runners: list[web.AppRunner] = []  # the admin listener
+        self._server: Server | None = None  # the user listener
+        self._pool: Pool | None = None  # connections to the replicas for user requests
         self._sessions: list[aiohttp.ClientSession] = []
         self._tasks: list[asyncio.Task[None]] = []
         self.supervisor: Supervisor | None = None
@@ -140,15 +144,7 @@ class Gateway:
     async def _start(self) -> None:
         cfg = self.config
         up = cfg.upstream
-        proxy_session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=UPSTREAM_KEEPALIVE),
-            timeout=aiohttp.ClientTimeout(
-                total=None, sock_connect=up.connect_timeout, sock_read=up.read_timeout
-            ),
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept-Encoding"),
-            cookie_jar=aiohttp.DummyCookieJar(),  # a proxy keeps no cookies
-        )
+        self._pool = Pool(up.connect_timeout, up.read_timeout, UPSTREAM_KEEPALIVE)
         # Probes and health checks (about one request at a time per replica) apart from
         # warmup (bursts of up to the largest concurrency step): sharing one pool, the
         # checks would keep a whole burst's connections alive forever by taking them in turn.
@@ -156,9 +152,9 @@ class Gateway:
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=UPSTREAM_KEEPALIVE),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=up.connect_timeout),
         ) for _ in range(2))
-        self._sessions = [proxy_session, control_session, warm_session]
+        self._sessions = [control_session, warm_session]
         naive = cfg.lifecycle.strategy is Strategy.ROUND_ROBIN
-        self.proxy = Proxy(self.registry, proxy_session, up, self.clock, self.rng, naive,
+        self.proxy = Proxy(self.registry, self._pool, up, self.clock, self.rng, naive,
                            limits=self.limits)
         warmer = Warmer(warm_session, cfg.warmup, self.clock)
         if cfg.kubernetes is not None:
@@ -182,12 +178,8 @@ class Gateway:
             asyncio.create_task(self._policy_writer(), name="warmgw-policy-writer"),
         ]
 
-        app = web.Application(client_max_size=up.max_body_bytes)
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_route("*", "/v1/{tail:.*}", self.proxy.handle)
-        self.port = await self._listen(app, cfg.listen.host, cfg.listen.port)
+        self._server = Server(self._dispatch, self.limits, up.max_body_bytes)
+        self.port = await self._server.listen(cfg.listen.host, cfg.listen.port)
         log.info("warmgw serving on %s (strategy %s)", self.url, cfg.lifecycle.strategy)
         if cfg.admin.token:
             admin = Admin(self, cfg.admin.token).app()
@@ -213,14 +205,22 @@ class Gateway:
     @property
     def client_connections(self) -> int:
         """Client connections open on the gateway's listeners (user and admin)."""
-        return sum(len(r.server.connections) for r in self._runners if r.server is not None)
+        admin = sum(len(r.server.connections) for r in self._runners if r.server is not None)
+        return admin + (len(self._server.connections) if self._server is not None else 0)
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests and streams finish (up to
         listen.shutdown_timeout), then stop the background work."""
         self.stopping = True
-        await asyncio.gather(*(r.cleanup() for r in self._runners))
+        stops = [r.cleanup() for r in self._runners]
+        if self._server is not None:
+            stops.append(self._server.stop(self.config.listen.shutdown_timeout))
+        await asyncio.gather(*stops)
         self._runners = []
+        self._server = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -359,20 +359,27 @@ class Gateway:
     def replica_status(self, ep: Endpoint) -> dict[str, Any]:
         return status.replica(ep, self.clock.now(), self.registry.policy.share(ep.pool))
 
-    async def _metrics(self, request: web.Request) -> web.Response:
-        body = metrics.render(self._metrics_registry)
-        return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
-
-    async def _healthz(self, request: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
-
-    async def _readyz(self, request: web.Request) -> web.Response:
-        routes = self.registry.snapshot.routes
-        ready = bool(routes) and not self.stopping
-        body: dict[str, Any] = {"ready": ready, "models": sorted(routes)}
-        return web.Response(
-            status=200 if ready else 503, text=json.dumps(body), content_type="application/json"
-        )
+    async def _dispatch(self, req: Request) -> None:
+        """The user listener: the OpenAI API under /v1, and the gateway's own probes."""
+        path = req.path
+        if path.startswith("/v1/"):
+            await self.proxy.handle(req) if self.proxy is not None else None
+        elif path == "/metrics" and req.method == "GET":
+            body = metrics.render(self._metrics_registry)
+            req.conn.respond(200, [(b"Content-Type", metrics.CONTENT_TYPE.encode())], body)
+        elif path == "/healthz" and req.method == "GET":
+            req.conn.respond(200, [(b"Content-Type", b"text/plain; charset=utf-8")], b"ok\n")
+        elif path == "/readyz" and req.method == "GET":
+            routes = self.registry.snapshot.routes
+            ready = bool(routes) and not self.stopping
+            body = json.dumps({"ready": ready, "models": sorted(routes)}).encode()
+            req.conn.respond(200 if ready else 503, [(b"Content-Type", b"application/json")],
+                             body)
+        elif path in ("/metrics", "/healthz", "/readyz"):
+            req.conn.respond(405, [(b"Allow", b"GET"), (b"Content-Type", b"text/plain")],
+                             b"405: Method Not Allowed\n")
+        else:
+            req.conn.respond(404, [(b"Content-Type", b"text/plain")], b"404: Not Found\n")
 
 
 async def serve_forever(config: Config) -> None:

@@ -1,31 +1,28 @@
 """The request path: parse just enough, pick a replica, pass bytes through.
 
-Streams are passed chunk by chunk as they arrive. A client that disconnects cancels its
-handler (the server runs with handler_cancellation), which closes the upstream connection,
-so vLLM aborts the request. In-flight counts are kept in `finally`.
+Runs on warmgw.h1 (an HTTP/1.1 server and upstream client on llhttp), not on a web
+framework: this is the gateway's hot loop. Streams are passed chunk by chunk as they
+arrive. A client that disconnects cancels its handler, which closes the upstream
+connection, so vLLM aborts the request. In-flight counts are kept in `finally`.
 
-What a client sends is not trusted (see ClientLimits): headers must fit `max_head_bytes`
-in all (431), a body must be JSON (415 for another Content-Type, 400 for bad JSON), arrive
-within `body_timeout` (408, then the connection is closed: a slow sender cannot hold a
-handler) and fit `max_body_bytes` (413); an `X-Request-Id` that is not printable ASCII of at
-most 128 characters is replaced, never passed on.
+What a client sends is not trusted: the server enforces the limits on heads, bodies and
+slow senders (see warmgw.h1.server); here a body must be JSON (415 for another
+Content-Type, 400 for bad JSON), and an `X-Request-Id` that is not printable ASCII of at
+most 128 characters is replaced, never passed on. A stream whose client stops reading is
+cut after clients.write_timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
 import fcntl
-import io
 import json
 import logging
 import random
 import struct
 import termios
 from typing import Any
-
-import aiohttp
-from aiohttp import web
-from multidict import CIMultiDict
+from urllib.parse import urlsplit
 
 from warmgw import errors
 from warmgw.config import ClientLimits, UpstreamParams
@@ -36,10 +33,12 @@ from warmgw.core.picker import pick
 from warmgw.core.registry import Registry, Transition
 from warmgw.core.stats import shape_key
 from warmgw.core.telemetry import RequestStats, route_of
+from warmgw.h1.client import Cut, NotConnected, Pool, Response
+from warmgw.h1.server import Connection, Request
 
 log = logging.getLogger("warmgw.proxy")
 
-# Hop-by-hop headers (RFC 9110 7.6.1) and those aiohttp sets itself.
+# Hop-by-hop headers (RFC 9110 7.6.1) and those the gateway sets itself.
 HOP = frozenset(
     {
         "connection", "keep-alive", "proxy-connection", "proxy-authenticate",
@@ -47,10 +46,9 @@ HOP = frozenset(
         "host", "content-length", "date", "server", "expect",
     }
 )
-# What a replica can do to a request it has taken: cut it, reset it, send garbage, go quiet.
-# (A refused or timed-out connect is caught before these: the request was not sent.)
-UPSTREAM_CUT = (aiohttp.ClientError, TimeoutError)
+HOP_B = frozenset(h.encode() for h in HOP) | {b"x-request-id"}
 MAX_REQUEST_ID = 128
+JSON_CT = [(b"Content-Type", b"application/json")]
 
 
 class _NotSent(Exception):
@@ -66,7 +64,7 @@ class Proxy:
     def __init__(
         self,
         registry: Registry,
-        session: aiohttp.ClientSession,
+        pool: Pool,
         params: UpstreamParams,
         clock: Clock,
         rng: random.Random,
@@ -74,16 +72,14 @@ class Proxy:
         limits: ClientLimits | None = None,
     ) -> None:
         self.registry = registry
-        self.session = session
+        self.pool = pool
         self.p = params
         self.clock = clock
         self.rng = rng
         self.naive = naive
-        lim = limits or ClientLimits()
-        self.body_timeout = lim.body_timeout
-        self.write_timeout = lim.write_timeout
-        self.max_head_bytes = lim.max_head_bytes
+        self.write_timeout = (limits or ClientLimits()).write_timeout
         self._models_cache: tuple[int, bytes] = (-1, b"")
+        self._addr: dict[str, tuple[str, int, bytes]] = {}  # url -> host, port, Host header
         # the handler tasks in flight on each endpoint, so a drain deadline can cut them
         self.running: dict[Endpoint, set[asyncio.Task[Any] | None]] = {}
         self.stats = RequestStats()
@@ -108,136 +104,110 @@ class Proxy:
                 del self.running[ep]
         return n
 
-    # -- entry ---------------------------------------------------------------------------
+    # -- answers from the gateway itself ----------------------------------------------------
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        resp = await self._handle(request)
-        if "X-Warmgw-Replica" not in resp.headers:  # answered by the gateway itself
-            self.stats.count("", "", route_of(request.path), resp.status)
-        return resp
+    def _local(self, req: Request, status: int, body: bytes,
+               headers: list[tuple[bytes, bytes]] = JSON_CT, close: bool = False) -> None:
+        self.stats.count("", "", route_of(req.path), status)
+        req.conn.respond(status, headers, body, close)
 
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
+    def _error(self, req: Request, status: int, message: str, type_: str,
+               code: str | int | None = None, param: str | None = None,
+               extra: list[tuple[bytes, bytes]] | None = None) -> None:
+        headers = [*JSON_CT, *extra] if extra else JSON_CT
+        self._local(req, status, errors.body(message, type_, code, param), headers)
+
+    def _no_replica(self, req: Request, message: str) -> None:
+        self._error(req, 503, message, "service_unavailable", "no_replica",
+                    extra=[(b"Retry-After", b"2")])
+
+    # -- entry ------------------------------------------------------------------------------
+
+    async def handle(self, req: Request) -> None:
         snap = self.registry.snapshot
-        body = b""
+        body = req.body
         model: str | None = None
         stream = False
         max_tokens = 16
-        headers = CIMultiDict[str]()
-        size = 0
-        for k, v in request.headers.items():
-            size += len(k) + len(v)
-            if k.lower() not in HOP:
-                headers.add(k, v)
-        if size > self.max_head_bytes:
-            return errors.response(
-                431, f"request headers are larger than the limit of {self.max_head_bytes} "
-                "bytes", "invalid_request_error", "headers_too_large",
-            )
-        if request.method == "POST":
-            ctype = request.headers.get("Content-Type")
-            if ctype and ctype != "application/json" and not _is_json(request.content_type):
-                return errors.response(
-                    415, f"Content-Type must be application/json, got {ctype[:100]!r}",
+        method = req.method
+        if method == "POST":
+            ctype = req.get("Content-Type")
+            if ctype and ctype != "application/json" and not _is_json(
+                    ctype.split(";", 1)[0].strip().lower()):
+                return self._error(
+                    req, 415, f"Content-Type must be application/json, got {ctype[:100]!r}",
                     "invalid_request_error", "unsupported_media_type",
                 )
             try:
-                if request.content.is_eof():  # the whole body came with the headers
-                    body = await request.read()
-                else:
-                    async with asyncio.timeout(self.body_timeout):
-                        body = await request.read()
-            except web.HTTPRequestEntityTooLarge:
-                return errors.response(
-                    413,
-                    f"request body is larger than the limit of {self.p.max_body_bytes} bytes",
-                    "invalid_request_error",
-                    "request_too_large",
-                )
-            except TimeoutError:
-                return await self._too_slow(request)
-            try:
                 obj: Any = json.loads(body) if body else {}
             except (ValueError, RecursionError) as e:
-                return errors.response(
-                    400, f"request body is not valid JSON: {e}", "invalid_request_error",
-                    "invalid_json",
-                )
+                return self._error(req, 400, f"request body is not valid JSON: {e}",
+                                   "invalid_request_error", "invalid_json")
             if not isinstance(obj, dict):
-                return errors.response(
-                    400, "request body must be a JSON object", "invalid_request_error",
-                    "invalid_json",
-                )
+                return self._error(req, 400, "request body must be a JSON object",
+                                   "invalid_request_error", "invalid_json")
             model = obj.get("model")
             if model is None:
                 model = _sole_model(snap)
                 if model is None:
-                    return errors.response(
-                        400, "the request names no 'model'", "invalid_request_error",
-                        "missing_model", "model",
-                    )
+                    return self._error(req, 400, "the request names no 'model'",
+                                       "invalid_request_error", "missing_model", "model")
             elif not isinstance(model, str):
-                return errors.response(
-                    400, f"'model' must be a string, got {model!r}", "invalid_request_error",
-                    "invalid_model", "model",
-                )
+                return self._error(req, 400, f"'model' must be a string, got {model!r}",
+                                   "invalid_request_error", "invalid_model", "model")
             stream = obj.get("stream") is True
             mt = obj.get("max_tokens") or obj.get("max_completion_tokens")
             if type(mt) is int and mt > 0:
                 max_tokens = mt
-        elif request.path == "/v1/models" and request.method == "GET":
-            return self.models(snap)
+        elif req.path == "/v1/models" and method in ("GET", "HEAD"):
+            return self._local(req, 200, self.models(snap))
 
         if model is None:
             route = next(iter(snap.routes.values()), None)
             if route is None:
-                return _no_replica("no replica is routable yet")
+                return self._no_replica(req, "no replica is routable yet")
         else:
             route = snap.routes.get(model)
             if route is None:
                 if model in snap.known_models:
-                    return _no_replica(f"no replica serving model '{model}' is routable now")
-                return errors.response(
-                    404, f"The model `{model}` does not exist.", "invalid_request_error",
-                    "model_not_found", "model",
-                )
-        rid = request.headers.get("X-Request-Id")
+                    return self._no_replica(
+                        req, f"no replica serving model '{model}' is routable now")
+                return self._error(req, 404, f"The model `{model}` does not exist.",
+                                   "invalid_request_error", "model_not_found", "model")
+        rid = req.get("X-Request-Id")
         if not rid or len(rid) > MAX_REQUEST_ID or not (rid.isascii() and rid.isprintable()):
             rid = f"{self.rng.getrandbits(128):032x}"
-        headers["X-Request-Id"] = rid
         key = shape_key(stream, len(body), max_tokens)
-        return await self._send(request, route, body, headers, model or "", key, rid)
+        await self._send(req, route, rid, model or "", key)
 
-    async def _too_slow(self, request: web.Request) -> web.StreamResponse:
-        """The body did not arrive in time: answer 408 and close the connection, so that a
-        slow sender does not keep it (aiohttp would otherwise linger, reading the rest)."""
-        resp = errors.response(
-            408, f"the request body did not arrive within {self.body_timeout:g} s",
-            "invalid_request_error", "request_timeout",
-        )
-        resp.force_close()
-        try:
-            await resp.prepare(request)
-            await resp.write_eof()
-        except ConnectionResetError:
-            pass
-        request.protocol.force_close()
-        return resp
+    # -- forwarding -------------------------------------------------------------------------
 
-    # -- forwarding ----------------------------------------------------------------------
+    def _upstream_request(self, req: Request, host_header: bytes, rid: str) -> bytes:
+        out = [b"%b %b HTTP/1.1\r\nHost: %b\r\n" % (req.method.encode(), req.target.encode(
+            "latin-1"), host_header)]
+        for k, v in req.headers:
+            if k.lower() not in HOP and k.lower() != "x-request-id":
+                out.append(b"%b: %b\r\n" % (k.encode("latin-1"), v.encode("latin-1")))
+        out.append(b"X-Request-Id: %b\r\nContent-Length: %d\r\n\r\n" % (rid.encode(),
+                                                                          len(req.body)))
+        out.append(req.body)
+        return b"".join(out)
 
-    async def _send(
-        self,
-        request: web.Request,
-        route: Route,
-        body: bytes,
-        headers: CIMultiDict[str],
-        model: str,
-        key: int,
-        rid: str,
-    ) -> web.StreamResponse:
+    def _address(self, url: str) -> tuple[str, int, bytes]:
+        a = self._addr.get(url)
+        if a is None:
+            parts = urlsplit(url)
+            host = parts.hostname or "127.0.0.1"
+            port = parts.port or 80
+            a = self._addr[url] = (host, port, parts.netloc.encode())
+            if len(self._addr) > 100_000:  # replicas come and go; keep it bounded
+                self._addr.clear()
+        return a
+
+    async def _send(self, req: Request, route: Route, rid: str, model: str, key: int) -> None:
         tried: list[Endpoint] = []
         last = ""
-        task = request.task
+        task = req.task
         running = self.running
         for _ in range(self.p.retries + 1):
             ep = pick(route, self.rng, self.clock.now(), tried, self.naive)
@@ -250,9 +220,9 @@ class Proxy:
                 tasks = running[ep] = set()
             tasks.add(task)
             try:
-                return await self._forward(request, ep, body, headers, model, key, rid)
+                return await self._forward(req, ep, rid, model, key)
             except asyncio.CancelledError:  # the client left (or a drain deadline cut it)
-                self.stats.count(ep.pool, ep.name, route_of(request.path), 499)
+                self.stats.count(ep.pool, ep.name, route_of(req.path), 499)
                 raise
             except _NotSent as e:
                 last = f"{ep.name}: {e}"
@@ -261,155 +231,135 @@ class Proxy:
             finally:
                 ep.inflight -= 1
                 tasks.discard(task)
-        return errors.response(
-            502, f"no replica could be reached ({last})", "upstream_error", "upstream_unreachable",
-            headers={"X-Request-Id": rid},
-        )
+        self._error(req, 502, f"no replica could be reached ({last})", "upstream_error",
+                    "upstream_unreachable", extra=[(b"X-Request-Id", rid.encode())])
 
-    async def _forward(
-        self,
-        request: web.Request,
-        ep: Endpoint,
-        body: bytes,
-        headers: CIMultiDict[str],
-        model: str,
-        key: int,
-        rid: str,
-    ) -> web.StreamResponse:
+    async def _forward(self, req: Request, ep: Endpoint, rid: str, model: str,
+                       key: int) -> None:
         clock = self.clock
         t0 = clock.now()
+        host, port, host_header = self._address(ep.url)
+        data = self._upstream_request(req, host_header, rid)
+        path = req.path
         try:
-            async with self.session.request(
-                request.method,
-                ep.url + request.path_qs,
-                data=(body if len(body) < 1 << 20 else io.BytesIO(body)) if body else None,
-                headers=headers,
-                allow_redirects=False,
-            ) as up:
-                out = CIMultiDict[str]()
-                for k, v in up.headers.items():
-                    if k.lower() not in HOP:
-                        out.add(k, v)
-                out["X-Request-Id"] = rid
-                out["X-Warmgw-Replica"] = ep.name
-                status = up.status
-                if status == 503:  # not ready (loading, sleeping, overloaded): not taken
-                    raise _NotSent("HTTP 503")
-                if up.content_length is None and request.method != "HEAD":
-                    return await self._stream(request, ep, up, out, model, key, t0)
-                data = await up.read()
-                took = clock.now() - t0
-                self.stats.count(ep.pool, ep.name, route_of(request.path), status)
-                if status >= 500:
-                    self.registry.failure(ep, f"HTTP {status}")
-                elif status < 400:
-                    self.registry.observe(ep, model, key, took)
-                    self.stats.latency(ep.pool, took, took)
-                return web.Response(status=status, body=data, headers=out)
-        except aiohttp.ClientConnectorError as e:
-            raise _NotSent(str(e) or type(e).__name__, down=True) from None
-        except aiohttp.ConnectionTimeoutError:
-            raise _NotSent("connect timed out") from None
-        except UPSTREAM_CUT as e:  # it had the request: not retried, counts against it
-            self.registry.failure(ep, _what(e))
-            code = 504 if isinstance(e, TimeoutError) else 502
-            self.stats.count(ep.pool, ep.name, route_of(request.path), code)
-            return errors.response(
-                code,
-                f"replica {ep.name} failed before answering: {_what(e)}",
-                "upstream_error", "upstream_failed",
-                headers={"X-Request-Id": rid, "X-Warmgw-Replica": ep.name},
-            )
+            up = await self.pool.request(host, port, data, head_only=req.method == "HEAD")
+        except NotConnected as e:
+            raise _NotSent(str(e), down=e.down) from None
+        except Cut as e:  # it had the request: not retried, counts against it
+            return self._failed(req, ep, rid, e)
+        try:
+            status = up.status
+            if status == 503:  # not ready (loading, sleeping, overloaded): not taken
+                raise _NotSent("HTTP 503")
+            out = [(k, v) for k, v in up.headers if k.lower() not in HOP_B]
+            out.append((b"X-Request-Id", rid.encode()))
+            out.append((b"X-Warmgw-Replica", ep.name.encode()))
+            if up.length is None and not up.done:
+                return await self._stream(req, ep, up, out, model, key, t0)
+            try:
+                body = await up.read()
+            except Cut as e:
+                return self._failed(req, ep, rid, e)
+            took = clock.now() - t0
+            self.stats.count(ep.pool, ep.name, route_of(path), status)
+            if status >= 500:
+                self.registry.failure(ep, f"HTTP {status}")
+            elif status < 400:
+                self.registry.observe(ep, model, key, took)
+                self.stats.latency(ep.pool, took, took)
+            req.conn.respond(status, out, body)
+        finally:
+            up.release()
+
+    def _failed(self, req: Request, ep: Endpoint, rid: str, e: Cut) -> None:
+        self.registry.failure(ep, str(e))
+        code = 504 if e.timeout else 502
+        self.stats.count(ep.pool, ep.name, route_of(req.path), code)
+        req.conn.respond(code, [*JSON_CT, (b"X-Request-Id", rid.encode()),
+                                (b"X-Warmgw-Replica", ep.name.encode())],
+                         errors.body(f"replica {ep.name} failed before answering: {e}",
+                                     "upstream_error", "upstream_failed"))
 
     async def _stream(
         self,
-        request: web.Request,
+        req: Request,
         ep: Endpoint,
-        up: aiohttp.ClientResponse,
-        out: CIMultiDict[str],
+        up: Response,
+        out: list[tuple[bytes, bytes]],
         model: str,
         key: int,
         t0: float,
-    ) -> web.StreamResponse:
+    ) -> None:
         """Pass the body through as it comes. Errors writing to the client are the client's
         (it left: 499) and end here; errors reading from the replica count against it."""
-        route = route_of(request.path)
-        resp = web.StreamResponse(status=up.status, headers=out)
+        route = route_of(req.path)
+        conn = req.conn
         try:
-            await resp.prepare(request)
+            conn.start(up.status, out)
         except ConnectionResetError:
             self.stats.count(ep.pool, ep.name, route, 499)
-            return resp
-        sse = up.content_type == "text/event-stream"
+            return
+        sse = up.content_type.startswith(b"text/event-stream")
         ttfb = -1.0
-        content = up.content
         last = b"\n\n"
-        stall = _Stall(request, self.write_timeout)
+        stall = _Stall(conn, req.path, self.write_timeout)
         now = stall.now
         try:
             while True:
                 try:
-                    chunk = await content.readany()
-                except UPSTREAM_CUT as e:
-                    return await self._cut(request, ep, resp, sse, last, e)
+                    chunk = await up.chunk()
+                except Cut as e:
+                    return await self._cut(conn, ep, route, sse, last, e)
                 if not chunk:
                     break
                 if ttfb < 0.0:
                     ttfb = self.clock.now() - t0
                 stall.since = now()
                 try:
-                    await resp.write(chunk)
+                    await conn.write(chunk)
                 except ConnectionResetError:  # the client left; leaving closes the upstream
                     self.stats.count(ep.pool, ep.name, route, 499)
-                    return resp
+                    return
                 stall.since = 0.0
                 last = chunk
         finally:
             stall.stop()
         try:
-            await resp.write_eof()
+            conn.end()
         except ConnectionResetError:
             self.stats.count(ep.pool, ep.name, route, 499)
-            return resp
+            return
         self.stats.count(ep.pool, ep.name, route, up.status)
         if up.status >= 500:
             self.registry.failure(ep, f"HTTP {up.status}")
         elif up.status < 400 and ttfb >= 0.0:
             self.registry.observe(ep, model, key, ttfb)
             self.stats.latency(ep.pool, ttfb, self.clock.now() - t0)
-        return resp
 
-    async def _cut(
-        self,
-        request: web.Request,
-        ep: Endpoint,
-        resp: web.StreamResponse,
-        sse: bool,
-        last: bytes,
-        e: BaseException,
-    ) -> web.StreamResponse:
+    async def _cut(self, conn: Connection, ep: Endpoint, route: str, sse: bool, last: bytes,
+                   e: Cut) -> None:
         """The replica failed after the response began. An SSE stream ends with an error
         event (its own event even if the replica stopped mid-event), so clients raise an
         error instead of taking a short answer for a whole one; any other body is cut off
         (no final chunk), which is how HTTP says the same."""
-        code = 504 if isinstance(e, TimeoutError) else 502
-        self.registry.failure(ep, f"stream cut: {_what(e)}")
-        self.stats.count(ep.pool, ep.name, route_of(request.path), code)
-        log.debug("replica %s cut a stream: %s", ep.name, _what(e))
+        code = 504 if e.timeout else 502
+        self.registry.failure(ep, f"stream cut: {e}")
+        self.stats.count(ep.pool, ep.name, route, code)
+        log.debug("replica %s cut a stream: %s", ep.name, e)
         if sse:
-            msg = f"replica {ep.name} failed mid-stream: {_what(e)}"
+            msg = f"replica {ep.name} failed mid-stream: {e}"
             event = errors.sse_event(msg, "upstream_error", code)
             try:
-                await resp.write(event if last.endswith(b"\n\n") else b"\n\n" + event)
-                return resp
+                await conn.write(event if last.endswith(b"\n\n") else b"\n\n" + event)
+                conn.end()
+                return
             except ConnectionResetError:
                 pass
-        request.protocol.force_close()
-        return resp
+        conn.abort()
 
-    # -- models --------------------------------------------------------------------------
+    # -- models -----------------------------------------------------------------------------
 
-    def models(self, snap: Snapshot) -> web.Response:
+    def models(self, snap: Snapshot) -> bytes:
         version, cached = self._models_cache
         if version != snap.version:
             data = []
@@ -423,7 +373,7 @@ class Proxy:
                 data.append(card)
             cached = json.dumps({"object": "list", "data": data}).encode()
             self._models_cache = (snap.version, cached)
-        return web.Response(body=cached, content_type="application/json")
+        return cached
 
 
 class _Stall:
@@ -434,11 +384,13 @@ class _Stall:
     generation for as long as the replica keeps producing. A slow reader is not cut: its
     queue keeps shrinking. One timer per stream; a write only stamps the time."""
 
-    __slots__ = ("_queued", "_since_progress", "_timer", "now", "request", "since", "timeout")
+    __slots__ = ("_queued", "_since_progress", "_timer", "conn", "now", "path", "since",
+                 "timeout")
 
-    def __init__(self, request: web.Request, timeout: float) -> None:
+    def __init__(self, conn: Connection, path: str, timeout: float) -> None:
         loop = asyncio.get_running_loop()
-        self.request = request
+        self.conn = conn
+        self.path = path
         self.timeout = timeout
         self.now = loop.time
         self.since = 0.0  # when the pending write began; 0: none pending
@@ -454,7 +406,7 @@ class _Stall:
             self._queued = -1
             self._timer = loop.call_at(now + self.timeout, self._check)
             return
-        transport = self.request.transport
+        transport = self.conn.transport
         if transport is None:
             self._timer = None
             return
@@ -465,7 +417,7 @@ class _Stall:
         stuck = now - max(since, self._since_progress)
         if stuck >= self.timeout:
             log.info("client of %s read nothing for %.1f s (%d bytes queued for it): "
-                     "stream cut", self.request.path, stuck, queued)
+                     "stream cut", self.path, stuck, queued)
             transport.abort()  # the pending write raises ConnectionResetError
             self._timer = None
             return
@@ -501,15 +453,3 @@ def _is_json(mime: str) -> bool:
     """application/json (any parameters) or a +json type, e.g. application/merge-patch+json."""
     return mime == "application/json" or (mime.startswith("application/") and
                                           mime.endswith("+json"))
-
-
-def _no_replica(message: str) -> web.Response:
-    return errors.response(
-        503, message, "service_unavailable", "no_replica", headers={"Retry-After": "2"}
-    )
-
-
-def _what(e: BaseException) -> str:
-    if isinstance(e, asyncio.TimeoutError):
-        return "no bytes within the read timeout"
-    return str(e) or type(e).__name__

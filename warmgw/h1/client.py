@@ -1,0 +1,321 @@
+"""The upstream side: HTTP/1.1 to the replicas over pooled keep-alive connections.
+
+A request either is not taken (the connection could not be made: `NotConnected`, safe to
+try another replica) or is taken, after which anything that goes wrong (a reset, an early
+close, broken HTTP, no byte within read_timeout) is a `Cut`: the replica had the request,
+so it is not sent again. A response's body is read chunk by chunk as it arrives; reading
+from the replica pauses while more than READ_AHEAD bytes wait for a slow client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import cast
+
+import httptools
+
+READ_AHEAD = 256 * 1024
+
+
+class NotConnected(Exception):
+    """No connection: the request was not sent. down: the replica is not listening."""
+
+    def __init__(self, why: str, down: bool) -> None:
+        super().__init__(why)
+        self.down = down
+
+
+class Cut(Exception):
+    """The replica had the request and failed it. timeout: it went quiet."""
+
+    def __init__(self, why: str, timeout: bool = False) -> None:
+        super().__init__(why)
+        self.timeout = timeout
+
+
+class Response(asyncio.Protocol):
+    """One connection to a replica, and the response being read on it."""
+
+    def __init__(self, pool: Pool, key: tuple[str, int]) -> None:
+        self.pool = pool
+        self.key = key
+        self.loop = pool.loop
+        self.transport: asyncio.Transport | None = None
+        self.lost = False
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.length: int | None = None
+        self.content_type = b""
+        self.keep_alive = False
+        self.head_only = False
+        self._parser = httptools.HttpResponseParser(self)
+        self._chunks: list[bytes] = []
+        self._buffered = 0
+        self._paused = False
+        self._headed = False
+        self.done = False
+        self._error: Exception | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._last = 0.0
+        self._watch: asyncio.TimerHandle | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but have its methods
+        self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        self._last = self.loop.time()
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as e:
+            self._fail(Cut(f"broken HTTP from the replica: {e}"))
+            if self.transport is not None:
+                self.transport.abort()
+
+    def eof_received(self) -> bool | None:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self._stop_watch()
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+            self.pool.forget(self)
+        if not self.done:
+            why = str(exc) if exc else "the replica closed the connection"
+            self._fail(Cut(why or type(exc).__name__))
+
+    # -- llhttp callbacks -------------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        p = self._parser
+        self.status = p.get_status_code()
+        for k, v in self.headers:
+            kl = k.lower()
+            if kl == b"content-length":
+                self.length = int(v)
+            elif kl == b"content-type":
+                self.content_type = v
+        self.keep_alive = p.should_keep_alive()
+        self._headed = True
+        if self.head_only:  # a response to HEAD has no body, whatever it announces
+            self.done = True
+            self.keep_alive = False
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        self._chunks.append(body)
+        self._buffered += len(body)
+        if self._buffered > READ_AHEAD and not self._paused and self.transport is not None:
+            self.transport.pause_reading()
+            self._paused = True
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        self.done = True
+        self._stop_watch()
+        self._wake()
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def send(self, data: bytes, head_only: bool, read_timeout: float) -> None:
+        assert self.transport is not None
+        self.head_only = head_only
+        self._last = self.loop.time()
+        self._watch = self.loop.call_later(read_timeout, self._check, read_timeout)
+        self.transport.write(data)
+
+    async def head(self) -> None:
+        while not self._headed:
+            await self._wait()
+
+    async def chunk(self) -> bytes:
+        """The next piece of the body as it came; b"" at its end."""
+        while not self._chunks:
+            if self.done:
+                return b""
+            await self._wait()
+        chunks = self._chunks
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self._chunks = []
+        self._buffered = 0
+        if self._paused and self.transport is not None and not self.lost:
+            self.transport.resume_reading()
+            self._paused = False
+        return data
+
+    async def read(self) -> bytes:
+        while not self.done:
+            await self._wait()
+        data = b"".join(self._chunks)
+        self._chunks = []
+        return data
+
+    async def _wait(self) -> None:
+        if self._error is not None:
+            raise self._error
+        fut = self._waiter = self.loop.create_future()
+        try:
+            await fut
+        finally:
+            self._waiter = None
+        if self._error is not None and not (self.done and self._headed):
+            raise self._error
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def _fail(self, e: Exception) -> None:
+        if self._error is None:
+            self._error = e
+        self._wake()
+
+    def _check(self, timeout: float) -> None:
+        self._watch = None
+        if self.done or self.lost:
+            return
+        quiet = self.loop.time() - self._last
+        if quiet >= timeout and not self._paused:  # paused: waiting on the client, not it
+            self._fail(Cut("no bytes within the read timeout", timeout=True))
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        due = max(timeout - quiet, 0.05) if not self._paused else timeout
+        self._watch = self.loop.call_later(due, self._check, timeout)
+
+    def _stop_watch(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+
+    # -- after ------------------------------------------------------------------------------
+
+    def release(self) -> None:
+        """Back to the pool if the response was read to its end and the connection may be
+        kept; closed otherwise (which tells the replica to stop a generation)."""
+        self._stop_watch()
+        t = self.transport
+        if t is None or self.lost:
+            return
+        if self.done and self.keep_alive and self._error is None and not self._chunks:
+            self.pool.keep(self)
+        else:
+            self.lost = True
+            t.abort() if not self.done else t.close()
+
+    def reset_for_reuse(self) -> None:
+        self.status = 0
+        self.headers = []
+        self.length = None
+        self.content_type = b""
+        self.keep_alive = False
+        self._parser = httptools.HttpResponseParser(self)
+        self._chunks = []
+        self._buffered = 0
+        self._headed = False
+        self.done = False
+        self._error = None
+
+
+class Pool:
+    """Keep-alive connections per replica address, closed after `keepalive` s idle (below
+    the replica's own idle timeout, so it never closes one as it is being reused)."""
+
+    def __init__(self, connect_timeout: float, read_timeout: float, keepalive: float) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.keepalive = keepalive
+        self.idle: dict[tuple[str, int], list[Response]] = {}
+        self.closed = False
+
+    async def request(self, host: str, port: int, data: bytes, head_only: bool = False
+                      ) -> Response:
+        """Send a request; return once the response head is in."""
+        key = (host, port)
+        conn = None
+        idle = self.idle.get(key)
+        while idle:
+            c = idle.pop()
+            if c._idle_timer is not None:
+                c._idle_timer.cancel()
+                c._idle_timer = None
+            if not c.lost:
+                conn = c
+                break
+        if conn is None:
+            conn = await self._connect(key)
+        else:
+            conn.reset_for_reuse()
+        try:
+            conn.send(data, head_only, self.read_timeout)
+            await conn.head()
+        except BaseException:
+            conn.lost = True
+            if conn.transport is not None:
+                conn.transport.abort()
+            raise
+        return conn
+
+    async def _connect(self, key: tuple[str, int]) -> Response:
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, conn = await self.loop.create_connection(
+                    lambda: Response(self, key), key[0], key[1]
+                )
+        except TimeoutError:
+            raise NotConnected("connect timed out", down=False) from None
+        except OSError as e:
+            raise NotConnected(f"cannot connect to {key[0]}:{key[1]}: "
+                               f"{e.strerror or e}", down=True) from None
+        return conn
+
+    def keep(self, conn: Response) -> None:
+        if self.closed or conn.transport is None:
+            if conn.transport is not None:
+                conn.transport.close()
+            return
+        conn._idle_timer = self.loop.call_later(self.keepalive, self._expire, conn)
+        self.idle.setdefault(conn.key, []).append(conn)
+
+    def _expire(self, conn: Response) -> None:
+        conn._idle_timer = None
+        self.forget(conn)
+        if conn.transport is not None:
+            conn.lost = True
+            conn.transport.close()
+
+    def forget(self, conn: Response) -> None:
+        idle = self.idle.get(conn.key)
+        if idle and conn in idle:
+            idle.remove(conn)
+            if not idle:
+                del self.idle[conn.key]
+
+    def close_address(self, host: str, port: int) -> None:
+        """Close the idle connections to one address (a replica that is gone)."""
+        for conn in self.idle.pop((host, port), []):
+            if conn._idle_timer is not None:
+                conn._idle_timer.cancel()
+                conn._idle_timer = None
+            if conn.transport is not None:
+                conn.lost = True
+                conn.transport.close()
+
+    async def close(self) -> None:
+        self.closed = True
+        for key in list(self.idle):
+            self.close_address(*key)
