@@ -32,7 +32,8 @@ peers:
 	bash scripts/install-peers.sh
 
 bench: $(STAMP) peers
-	$(PY) -m loadtest run scale_up && $(PY) -m loadtest run cutover && $(PY) -m loadtest.overhead
+	$(PY) -m loadtest run scale_up && $(PY) -m loadtest run cutover \
+		&& $(PY) -m loadtest.overhead --requests 1500
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -189,3 +189,16 @@ async def test_a_header_line_that_never_ends_is_refused_once_over_the_head_limit
     w.close()
     assert out.startswith(b"HTTP/1.1 431") or out == b""
     assert not srv.connections
+
+
+async def test_bodies_larger_than_the_head_limit_pass_in_one_piece_or_many(server):
+    """The head bound counts head bytes only: a body in the same segment as its head, or
+    one after another on a kept-alive connection, is not taken for a long head."""
+    srv = Server(handler, ClientLimits(max_head_bytes=1024), 1 << 20)
+    port = await srv.listen("127.0.0.1", 0)
+    body = b"x" * 200_000
+    one = b"POST /big HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
+    last = one.replace(b"Host: x", b"Host: x\r\nConnection: close")
+    out = await talk(port, one + one + last)
+    await srv.stop(1.0)
+    assert out.count(b"HTTP/1.1 200 OK") == 3 and out.count(b"POST /big 200000") == 3

@@ -95,7 +95,8 @@ class Connection(asyncio.Protocol):
         self._in_body = False
         self._answered = False  # the current response has begun
         # bytes received while a request head is incomplete (bounded: see data_received)
-        self._head_done = False
+        self._head_open = False
+        self._head_began = False
         self._head_seen = 0
         lim = self.limits
         self._head_cap = lim.max_head_bytes + lim.max_line_size + 2 * lim.max_headers + 4096
@@ -123,21 +124,27 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
-        if not self._head_done:  # llhttp buffers a header until its line ends: bound it
-            self._head_seen += len(data)
-            if self._head_seen > self._head_cap:
-                self._reject(431, f"request headers are larger than the limit of "
-                                  f"{self.limits.max_head_bytes} bytes", "headers_too_large")
-                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._reject(400, "protocol upgrades are not supported")
+            return
         except httptools.HttpParserError as e:
             if not self.closing:
                 self._reject(400, f"malformed HTTP request: {e}")
+            return
         except _Refused:
-            pass  # answered and closing
+            return  # answered and closing
+        if self._head_open:  # llhttp keeps a header until its line ends: bound that
+            # (the read in which a head began is not counted, as it may hold the end of an
+            # earlier request too; one read is bounded by the transport's buffer anyway)
+            if self._head_began:
+                self._head_began = False
+            else:
+                self._head_seen += len(data)
+            if self._head_seen > self._head_cap:
+                self._reject(431, f"request headers are larger than the limit of "
+                                  f"{self.limits.max_head_bytes} bytes", "headers_too_large")
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -156,6 +163,9 @@ class Connection(asyncio.Protocol):
     # -- llhttp callbacks -------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self._head_open = True
+        self._head_began = True
+        self._head_seen = 0
         self._url = b""
         self._headers = []
         self._head_bytes = 0
@@ -183,7 +193,7 @@ class Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        self._head_done = True
+        self._head_open = False
         self._cancel_timer()
         p = self.parser
         length = None
@@ -223,8 +233,6 @@ class Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self._in_body = False
-        self._head_done = False  # what comes next is the next request's head
-        self._head_seen = 0
         self._cancel_timer()
         req = self._req
         body = self._body
