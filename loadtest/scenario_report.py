@@ -138,7 +138,8 @@ def markdown(data: Mapping[str, Any], s: Scenario) -> str:
         f"min weight {s.slow_start.min_weight_percent:g} % (HAProxy: window only)",
         f"- health checks on /health every {s.health.interval:g} s, timeout "
         f"{s.health.timeout:g} s; peers: down after {s.health.fall} failures, up after "
-        f"{s.health.rise} passes (warmgw has no threshold: one failure ejects)",
+        f"{s.health.rise} passes (warmgw: out after 3 failures in a row, its "
+        "health.failures; at once on a refused connection)",
         "",
         "TTFT: time to the first body byte of streamed requests (the first SSE event). "
         "Latency: whole request, every request. Percentiles in ms, of successful requests "
