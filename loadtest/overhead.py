@@ -43,6 +43,7 @@ from loadtest.procs import (
     Children,
     cpu_seconds,
     host_cpu,
+    run_main,
     running,
 )
 from loadtest.report import table
@@ -377,15 +378,5 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-def _terminate(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # unwinds through the finally blocks that stop the children
-
-
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it
-    try:
-        raise SystemExit(main())
-    except KeyboardInterrupt:
-        print("interrupted; children stopped", file=sys.stderr)
-        raise SystemExit(130) from None
+    run_main(main)

@@ -18,9 +18,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import NoReturn
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -232,3 +233,19 @@ class Children:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def run_main(main: Callable[[], int]) -> NoReturn:
+    """A benchmark's entry point: SIGTERM and SIGINT (even if started ignoring it, as a
+    background job does) unwind through the finally blocks that stop the children."""
+
+    def terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        raise SystemExit(main())
+    except KeyboardInterrupt:
+        print("interrupted; children stopped", file=sys.stderr)
+        raise SystemExit(130) from None

@@ -32,7 +32,6 @@ import json
 import os
 import re
 import secrets
-import signal
 import subprocess
 import sys
 import tempfile
@@ -46,7 +45,15 @@ import yaml
 
 from loadtest import scale_core, scale_report
 from loadtest.driver import LoadGen
-from loadtest.procs import Child, ChildFailed, Children, cpu_seconds, free_port, host_cpu
+from loadtest.procs import (
+    Child,
+    ChildFailed,
+    Children,
+    cpu_seconds,
+    free_port,
+    host_cpu,
+    run_main,
+)
 from loadtest.stats import Run
 from loadtest.targets import TINY_WARMUP
 from warmgw.fdlimit import raise_open_files_limit
@@ -414,15 +421,5 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-def _terminate(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # unwinds through the finally blocks that stop the children
-
-
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        raise SystemExit(main())
-    except KeyboardInterrupt:
-        print("interrupted; children stopped", file=sys.stderr)
-        raise SystemExit(130) from None
+    run_main(main)

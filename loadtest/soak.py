@@ -27,7 +27,6 @@ import platform
 import random
 import re
 import select
-import signal
 import sys
 import tempfile
 import time
@@ -39,7 +38,7 @@ import aiohttp
 import uvloop
 import yaml
 
-from loadtest.procs import Child, ChildFailed, Children, cpu_seconds, free_port
+from loadtest.procs import Child, ChildFailed, Children, cpu_seconds, free_port, run_main
 from loadtest.stats import percentile
 
 REPO = Path(__file__).resolve().parent.parent
@@ -431,15 +430,5 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if bad else 0
 
 
-def _terminate(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # unwinds through the finally blocks that stop the children
-
-
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        raise SystemExit(main())
-    except KeyboardInterrupt:
-        print("interrupted; children stopped", file=sys.stderr)
-        raise SystemExit(130) from None
+    run_main(main)

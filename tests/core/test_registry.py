@@ -256,18 +256,25 @@ def test_warm_done_ramps_then_ready_after_enough_time_with_good_ratios() -> None
     assert new.weight(w.clock.now()) == 1.0
 
 
-def test_ramping_replica_with_bad_ratios_loses_weight() -> None:
+def ramping_newcomer_cut_once() -> tuple[World, Endpoint, float]:
+    """A fleet with one ready replica and a newcomer ramping since `since`, 4 s in (at
+    weight 0.2) when one request three times slower than the fleet's cuts it to 0.1."""
     w = World()
     w.add("old", "new")
     w.to_ready("old")
     w.fleet_traffic(50)
     w.to_ramping("new")
     new = w.ep("new")
-    new_since = w.clock.now()
+    since = w.clock.now()
     w.advance(4.0)
     assert new.weight(w.clock.now()) == pytest.approx(0.2)
-    w.reg.observe(new, M, KEY, 3 * FAST)  # three times slower than the fleet
+    w.reg.observe(new, M, KEY, 3 * FAST)
     assert new.weight(w.clock.now()) == pytest.approx(0.1)
+    return w, new, since
+
+
+def test_ramping_replica_with_bad_ratios_loses_weight() -> None:
+    w, new, new_since = ramping_newcomer_cut_once()
     assert new.ratio == pytest.approx(3.0)
     for _ in range(20):  # stays slow: held, never promoted for being on time
         w.reg.observe(new, M, KEY, 3 * FAST)
@@ -285,15 +292,7 @@ def test_a_held_replica_resumes_once_its_slow_sample_is_old() -> None:
     """One slow request cuts a ramping replica's weight; at that low weight it may get no
     more requests for a long time, so the evidence fades (its distance from the fleet
     halves every doubling_time) and it grows back instead of waiting max_ramp_time."""
-    w = World()
-    w.add("old", "new")
-    w.to_ready("old")
-    w.fleet_traffic(50)
-    w.to_ramping("new")
-    new = w.ep("new")
-    w.advance(4.0)
-    w.reg.observe(new, M, KEY, 3 * FAST)
-    assert new.weight(w.clock.now()) == pytest.approx(0.1)
+    w, new, _ = ramping_newcomer_cut_once()
     w.advance(3.0)  # 3.0 seen 3 s ago counts as 1 + 2 * 2 ** -1.5 = 1.71: still held
     assert new.weight(w.clock.now()) == pytest.approx(0.1)
     w.advance(20.0)  # faded at 4 + 2 log2(2 / 0.25) = 10 s, grown to 1 by 16.6 s
