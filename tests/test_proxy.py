@@ -143,3 +143,38 @@ async def test_a_removed_replica_leaves_nothing_behind(fleet):
         g.reload(gateway_config(fleet.urls[:1]))
         await wait_for(lambda: "r1" not in g.registry.endpoints, 5, "r1 to be gone")
         assert {e.name for e in g.proxy.running} == {"r0"}
+
+
+async def test_out_of_file_descriptors_is_a_503_and_no_replica_is_blamed(gw, fleet,
+                                                                          monkeypatch):
+    """EMFILE on connect is the gateway's shortage: the client gets a 503 to retry, and
+    the replicas stay in rotation (they used to be ejected as 'down')."""
+    import errno
+
+    from warmgw.supervisor import out_of_fds
+
+    loop = asyncio.get_running_loop()
+    pool = gw.proxy.pool
+    await pool.close()  # no kept connection: the next request must connect
+    pool.closed = False
+
+    replicas = {int(u.rsplit(":", 1)[1]) for u in fleet.urls}
+    connect = loop.create_connection
+
+    async def no_fds(factory, host=None, port=None, **k):  # for the replicas' ports only
+        if port in replicas:
+            raise OSError(errno.EMFILE, "Too many open files")
+        return await connect(factory, host, port, **k)
+
+    monkeypatch.setattr(loop, "create_connection", no_fds)
+    async with aiohttp.ClientSession() as s:
+        body = {"model": "tiny", "prompt": "x", "max_tokens": 2}
+        async with s.post(gw.url + "/v1/completions", json=body) as r:
+            assert r.status == 503 and r.headers["Retry-After"] == "1"
+            err = (await r.json())["error"]
+            assert err["code"] == "gateway_overloaded" and "file descriptors" in err["message"]
+    monkeypatch.undo()
+    assert all(e.state.value == "ready" for e in gw.registry.endpoints.values())
+    assert out_of_fds(aiohttp.ClientConnectorError(
+        None, OSError(errno.EMFILE, "Too many open files")))  # type: ignore[arg-type]
+    assert not out_of_fds(ConnectionRefusedError(errno.ECONNREFUSED, "refused"))

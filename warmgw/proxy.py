@@ -33,7 +33,7 @@ from warmgw.core.picker import pick
 from warmgw.core.registry import Registry, Transition
 from warmgw.core.stats import shape_key
 from warmgw.core.telemetry import RequestStats, route_of
-from warmgw.h1.client import Cut, NotConnected, Pool, Response
+from warmgw.h1.client import Cut, NotConnected, OutOfFds, Pool, Response
 from warmgw.h1.server import Connection, Request
 
 log = logging.getLogger("warmgw.proxy")
@@ -245,6 +245,13 @@ class Proxy:
             up = await self.pool.request(host, port, data, head_only=req.method == "HEAD")
         except NotConnected as e:
             raise _NotSent(str(e), down=e.down) from None
+        except OutOfFds as e:  # the gateway's shortage: the replica is not blamed
+            log.error("%s (raise the open-file limit)", e)
+            self.stats.count(ep.pool, ep.name, route_of(req.path), 503)
+            return req.conn.respond(
+                503, [*JSON_CT, (b"Retry-After", b"1"), (b"X-Request-Id", rid.encode())],
+                errors.body(f"the gateway is overloaded: {e}", "service_unavailable",
+                            "gateway_overloaded"))
         except Cut as e:  # it had the request: not retried, counts against it
             return self._failed(req, ep, rid, e)
         try:

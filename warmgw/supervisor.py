@@ -4,6 +4,7 @@ endpoint, all owned here, created on start and cancelled and awaited on stop."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import logging
 import re
@@ -304,6 +305,10 @@ class Supervisor:
         except asyncio.CancelledError:
             raise
         except (aiohttp.ClientError, TimeoutError) as e:
+            if out_of_fds(e):  # the gateway's own shortage says nothing of the replica
+                log.error("health check of %s skipped: the gateway is out of file "
+                          "descriptors (raise its open-file limit)", ep.name)
+                return
             ok, why = False, f"/health failed: {_what(e)}"
             down = isinstance(e, aiohttp.ClientConnectorError)
         if ep.state not in (State.RAMPING, State.READY, State.WARMING):
@@ -323,6 +328,13 @@ class Supervisor:
         marker = await self.marker(ep)
         if marker is not None and ep.start_marker is not None and marker != ep.start_marker:
             self.registry.eject(ep, "restarted (process_start_time_seconds changed)", cold=True)
+
+
+def out_of_fds(e: BaseException) -> bool:
+    """EMFILE/ENFILE: the gateway (or the host) has no file descriptor left to connect
+    with; not a sign that the replica is down."""
+    os_error = getattr(e, "os_error", e)
+    return isinstance(os_error, OSError) and os_error.errno in (errno.EMFILE, errno.ENFILE)
 
 
 def _what(e: BaseException) -> str:

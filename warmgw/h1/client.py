@@ -10,6 +10,7 @@ from the replica pauses while more than READ_AHEAD bytes wait for a slow client.
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 from typing import cast
 
@@ -24,6 +25,11 @@ class NotConnected(Exception):
     def __init__(self, why: str, down: bool) -> None:
         super().__init__(why)
         self.down = down
+
+
+class OutOfFds(Exception):
+    """The gateway has no file descriptor to connect with: nothing is known of the
+    replica, and no other replica would fare better now."""
 
 
 class Cut(Exception):
@@ -279,6 +285,9 @@ class Pool:
         except TimeoutError:
             raise NotConnected("connect timed out", down=False) from None
         except OSError as e:
+            if e.errno in (errno.EMFILE, errno.ENFILE):  # ours, not the replica's
+                raise OutOfFds(f"the gateway is out of file descriptors: {e.strerror}"
+                               ) from None
             raise NotConnected(f"cannot connect to {key[0]}:{key[1]}: "
                                f"{e.strerror or e}", down=True) from None
         return conn
