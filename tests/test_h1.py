@@ -202,3 +202,23 @@ async def test_bodies_larger_than_the_head_limit_pass_in_one_piece_or_many(serve
     out = await talk(port, one + one + last)
     await srv.stop(1.0)
     assert out.count(b"HTTP/1.1 200 OK") == 3 and out.count(b"POST /big 200000") == 3
+
+
+async def test_connections_over_the_limit_get_a_503_and_the_others_are_served():
+    srv = Server(handler, ClientLimits(max_connections=2), 1024)
+    port = await srv.listen("127.0.0.1", 0)
+    held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+    await asyncio.sleep(0.05)
+    out = await talk(port, b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 503") and b"too_many_connections" in out
+    assert srv.refused == 1
+    r, w = held[0]
+    w.write(b"GET /held HTTP/1.1\r\nHost: x\r\n\r\n")
+    async with asyncio.timeout(2):
+        assert b"GET /held 0" in await r.readuntil(b"GET /held 0")
+    for _, w in held:
+        w.close()
+    await asyncio.sleep(0.05)  # their slots free up
+    out = await talk(port, b"GET /y HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 200") and out.endswith(b"GET /y 0")
+    await srv.stop(1.0)

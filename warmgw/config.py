@@ -59,6 +59,9 @@ class ClientLimits:
     max_field_size: int = 8190
     max_headers: int = 128  # header lines (aiohttp: 400)
     max_head_bytes: int = 32768  # all header names and values together (431), like nginx
+    # client connections open at once on the API listener; one more is answered 503 and
+    # closed (a flood of connections cannot take every file descriptor)
+    max_connections: int = 10000
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,7 +314,7 @@ def _check(cfg: Config) -> None:
         raise ConfigError("warmup.max_rounds and warmup.max_concurrent must be >= 1")
     c = cfg.clients
     for name in ("idle_timeout", "body_timeout", "write_timeout", "max_line_size",
-                 "max_field_size", "max_headers", "max_head_bytes"):
+                 "max_field_size", "max_headers", "max_head_bytes", "max_connections"):
         if getattr(c, name) <= 0:
             raise ConfigError(f"clients.{name}: expected > 0, got {getattr(c, name)}")
     if not 1 <= cfg.listen.port <= 65535 and cfg.listen.port != 0:

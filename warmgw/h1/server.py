@@ -107,6 +107,22 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but have its methods
         self.transport = cast(asyncio.Transport, transport)
+        if len(self.server.connections) >= self.limits.max_connections:
+            self.server.refused += 1
+            if self.server.refused % 1000 == 1:  # the first, then every 1000th
+                log.warning("client connections at the limit of %d: turned away %d so far "
+                            "(clients.max_connections)", self.limits.max_connections,
+                            self.server.refused)
+            self.closing = True
+            body = errors.body(f"the gateway has {self.limits.max_connections} client "
+                               "connections open, its limit; retry", "service_unavailable",
+                               "too_many_connections")
+            head = self._head(503, [(b"Content-Type", b"application/json"),
+                                    (b"Retry-After", b"1")], False)
+            head.append(b"Content-Length: %d\r\n\r\n" % len(body))
+            self.transport.write(b"".join(head) + body)
+            self.transport.close()
+            return
         self.server.connections.add(self)
         self._idle()
 
@@ -436,6 +452,7 @@ class Server:
         self.max_body = max_body
         self.loop = asyncio.get_running_loop()
         self.connections: set[Connection] = set()
+        self.refused = 0  # connections turned away over limits.max_connections
         self.stopping = False
         self._server: asyncio.base_events.Server | None = None
         self._date = b""
