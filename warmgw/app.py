@@ -154,8 +154,7 @@ class Gateway:
         ) for _ in range(2))
         self._sessions = [control_session, warm_session]
         naive = cfg.lifecycle.strategy is Strategy.ROUND_ROBIN
-        self.proxy = Proxy(self.registry, self._pool, up, self.clock, self.rng, naive,
-                           limits=self.limits)
+        self.proxy = Proxy(self.registry, self._pool, up, self.clock, self.rng, naive)
         warmer = Warmer(warm_session, cfg.warmup, self.clock)
         if cfg.kubernetes is not None:
             await self._start_kube(cfg.kubernetes)

@@ -15,17 +15,14 @@ cut after clients.write_timeout.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import json
 import logging
 import random
-import struct
-import termios
 from typing import Any
 from urllib.parse import urlsplit
 
 from warmgw import errors
-from warmgw.config import ClientLimits, UpstreamParams
+from warmgw.config import UpstreamParams
 from warmgw.core.clock import Clock
 from warmgw.core.lifecycle import State
 from warmgw.core.model import Endpoint, Route, Snapshot
@@ -38,15 +35,16 @@ from warmgw.h1.server import Connection, Request
 
 log = logging.getLogger("warmgw.proxy")
 
-# Hop-by-hop headers (RFC 9110 7.6.1) and those the gateway sets itself.
+# Hop-by-hop headers (RFC 9110 7.6.1) and those the gateway sets itself: not passed on,
+# either way (lower-case, as received).
 HOP = frozenset(
     {
-        "connection", "keep-alive", "proxy-connection", "proxy-authenticate",
-        "proxy-authorization", "te", "trailer", "trailers", "transfer-encoding", "upgrade",
-        "host", "content-length", "date", "server", "expect",
+        b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate",
+        b"proxy-authorization", b"te", b"trailer", b"trailers", b"transfer-encoding",
+        b"upgrade", b"host", b"content-length", b"date", b"server", b"expect",
+        b"x-request-id",
     }
 )
-HOP_B = frozenset(h.encode() for h in HOP) | {b"x-request-id"}
 MAX_REQUEST_ID = 128
 JSON_CT = [(b"Content-Type", b"application/json")]
 
@@ -69,7 +67,6 @@ class Proxy:
         clock: Clock,
         rng: random.Random,
         naive: bool = False,
-        limits: ClientLimits | None = None,
     ) -> None:
         self.registry = registry
         self.pool = pool
@@ -77,7 +74,6 @@ class Proxy:
         self.clock = clock
         self.rng = rng
         self.naive = naive
-        self.write_timeout = (limits or ClientLimits()).write_timeout
         self._models_cache: tuple[int, bytes] = (-1, b"")
         self._addr: dict[str, tuple[str, int, bytes]] = {}  # url -> host, port, Host header
         # the handler tasks in flight on each endpoint, so a drain deadline can cut them
@@ -131,7 +127,7 @@ class Proxy:
         max_tokens = 16
         method = req.method
         if method == "POST":
-            ctype = req.get("Content-Type")
+            ctype = req.get(b"content-type")
             if ctype and ctype != "application/json" and not _is_json(
                     ctype.split(";", 1)[0].strip().lower()):
                 return self._error(
@@ -174,7 +170,7 @@ class Proxy:
                         req, f"no replica serving model '{model}' is routable now")
                 return self._error(req, 404, f"The model `{model}` does not exist.",
                                    "invalid_request_error", "model_not_found", "model")
-        rid = req.get("X-Request-Id")
+        rid = req.get(b"x-request-id")
         if not rid or len(rid) > MAX_REQUEST_ID or not (rid.isascii() and rid.isprintable()):
             rid = f"{self.rng.getrandbits(128):032x}"
         key = shape_key(stream, len(body), max_tokens)
@@ -186,8 +182,8 @@ class Proxy:
         out = [b"%b %b HTTP/1.1\r\nHost: %b\r\n" % (req.method.encode(), req.target.encode(
             "latin-1"), host_header)]
         for k, v in req.headers:
-            if k.lower() not in HOP and k.lower() != "x-request-id":
-                out.append(b"%b: %b\r\n" % (k.encode("latin-1"), v.encode("latin-1")))
+            if k.lower() not in HOP:  # hop-by-hop, and X-Request-Id (set below)
+                out.append(b"%b: %b\r\n" % (k, v))
         out.append(b"X-Request-Id: %b\r\nContent-Length: %d\r\n\r\n" % (rid.encode(),
                                                                           len(req.body)))
         out.append(req.body)
@@ -258,7 +254,7 @@ class Proxy:
             status = up.status
             if status == 503:  # not ready (loading, sleeping, overloaded): not taken
                 raise _NotSent("HTTP 503")
-            out = [(k, v) for k, v in up.headers if k.lower() not in HOP_B]
+            out = [(k, v) for k, v in up.headers if k.lower() not in HOP]
             out.append((b"X-Request-Id", rid.encode()))
             out.append((b"X-Warmgw-Replica", ep.name.encode()))
             if up.length is None and not up.done:
@@ -309,28 +305,21 @@ class Proxy:
         sse = up.content_type.startswith(b"text/event-stream")
         ttfb = -1.0
         last = b"\n\n"
-        stall = _Stall(conn, req.path, self.write_timeout)
-        now = stall.now
-        try:
-            while True:
-                try:
-                    chunk = await up.chunk()
-                except Cut as e:
-                    return await self._cut(conn, ep, route, sse, last, e)
-                if not chunk:
-                    break
-                if ttfb < 0.0:
-                    ttfb = self.clock.now() - t0
-                stall.since = now()
-                try:
-                    await conn.write(chunk)
-                except ConnectionResetError:  # the client left; leaving closes the upstream
-                    self.stats.count(ep.pool, ep.name, route, 499)
-                    return
-                stall.since = 0.0
-                last = chunk
-        finally:
-            stall.stop()
+        while True:
+            try:
+                chunk = await up.chunk()
+            except Cut as e:
+                return await self._cut(conn, ep, route, sse, last, e)
+            if not chunk:
+                break
+            if ttfb < 0.0:
+                ttfb = self.clock.now() - t0
+            try:
+                await conn.write(chunk)  # cut by the server if the client stops reading
+            except ConnectionResetError:  # the client left; leaving closes the upstream
+                self.stats.count(ep.pool, ep.name, route, 499)
+                return
+            last = chunk
         try:
             conn.end()
         except ConnectionResetError:
@@ -381,73 +370,6 @@ class Proxy:
             cached = json.dumps({"object": "list", "data": data}).encode()
             self._models_cache = (snap.version, cached)
         return cached
-
-
-class _Stall:
-    """Cuts a stream whose client has stopped reading it: a write has waited for the
-    client's socket to drain, and nothing of what is queued for the client (the
-    transport's buffer and the kernel's send queue) has gone out for `timeout` s. Without
-    it such a client would hold the handler, the upstream connection and the replica's
-    generation for as long as the replica keeps producing. A slow reader is not cut: its
-    queue keeps shrinking. One timer per stream; a write only stamps the time."""
-
-    __slots__ = ("_queued", "_since_progress", "_timer", "conn", "now", "path", "since",
-                 "timeout")
-
-    def __init__(self, conn: Connection, path: str, timeout: float) -> None:
-        loop = asyncio.get_running_loop()
-        self.conn = conn
-        self.path = path
-        self.timeout = timeout
-        self.now = loop.time
-        self.since = 0.0  # when the pending write began; 0: none pending
-        self._queued = -1  # bytes queued for the client at the last check; -1: unknown
-        self._since_progress = 0.0
-        self._timer: asyncio.TimerHandle | None = loop.call_later(timeout, self._check)
-
-    def _check(self) -> None:
-        since = self.since
-        now = self.now()
-        loop = asyncio.get_running_loop()
-        if not since:
-            self._queued = -1
-            self._timer = loop.call_at(now + self.timeout, self._check)
-            return
-        transport = self.conn.transport
-        if transport is None:
-            self._timer = None
-            return
-        queued = _queued(transport)
-        if self._queued < 0 or queued < self._queued:
-            self._since_progress = now
-        self._queued = queued
-        stuck = now - max(since, self._since_progress)
-        if stuck >= self.timeout:
-            log.info("client of %s read nothing for %.1f s (%d bytes queued for it): "
-                     "stream cut", self.path, stuck, queued)
-            transport.abort()  # the pending write raises ConnectionResetError
-            self._timer = None
-            return
-        self._timer = loop.call_at(now + self.timeout / 2, self._check)
-
-    def stop(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-
-def _queued(transport: asyncio.BaseTransport) -> int:
-    """Bytes written for the client and not yet taken by it: the transport's buffer and
-    the kernel's send queue (SIOCOUTQ, where the platform has it)."""
-    size = getattr(transport, "get_write_buffer_size", None)  # uvloop's: no WriteTransport
-    n = int(size()) if size is not None else 0
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        try:
-            n += struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
-        except OSError:
-            pass
-    return n
 
 
 def _sole_model(snap: Snapshot) -> str | None:

@@ -13,19 +13,24 @@ arrive:
   (400, or 431 for the total, never forwarded), llhttp rejects ambiguous framing,
 - the body must arrive within body_timeout (408, connection closed) and fit max_body
   bytes (413, connection closed, with or without Content-Length),
-- a client that leaves cancels its handler, so the replica's work is cancelled too.
+- a client that leaves cancels its handler, so the replica's work is cancelled too,
+- a client that stops reading a response is cut after write_timeout (see _Stall),
+- at most max_connections client connections are open at once (503 for one more).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import fcntl
 import logging
+import struct
+import termios
 import time
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import Any, cast
+from typing import cast
 
 import httptools
 
@@ -39,29 +44,27 @@ REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 
 
 class Request:
-    __slots__ = ("body", "conn", "expect_continue", "headers", "keep_alive", "method",
-                 "path", "target", "task", "version")
+    __slots__ = ("body", "conn", "headers", "keep_alive", "method", "path", "target", "task",
+                 "version")
 
     def __init__(self, conn: Connection, method: str, target: str,
-                 headers: list[tuple[str, str]], version: str) -> None:
+                 headers: list[tuple[bytes, bytes]], version: str) -> None:
         self.conn = conn
         self.method = method
         self.target = target  # path and query, as sent
         q = target.find("?")
         self.path = target if q < 0 else target[:q]
-        self.headers = headers  # names as sent; get() compares without case
+        self.headers = headers  # as received (bytes): passed on without decoding
         self.version = version
         self.keep_alive = True
         self.body = b""
-        self.expect_continue = False
         self.task: asyncio.Task[None] | None = None
 
-    def get(self, name: str) -> str | None:
-        """The first header of that name (case-insensitive)."""
-        name = name.lower()
+    def get(self, name: bytes) -> str | None:
+        """The first header of that (lower-case) name, compared without case."""
         for k, v in self.headers:
             if k.lower() == name:
-                return v
+                return v.decode("latin-1")
         return None
 
 
@@ -91,7 +94,6 @@ class Connection(asyncio.Protocol):
         self._head_bytes = 0
         self._body: list[bytes] = []
         self._body_size = 0
-        self._in_head = False
         self._in_body = False
         self._answered = False  # the current response has begun
         # bytes received while a request head is incomplete (bounded: see data_received)
@@ -187,7 +189,6 @@ class Connection(asyncio.Protocol):
         self._head_bytes = 0
         self._body = []
         self._body_size = 0
-        self._in_head = True
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -208,17 +209,13 @@ class Connection(asyncio.Protocol):
                               f"{lim.max_head_bytes} bytes", "headers_too_large")
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
         self._head_open = False
         self._cancel_timer()
         p = self.parser
         length = None
         expect = False
-        headers = []
-        for k, v in self._headers:
-            ks = k.decode("latin-1")
-            vs = v.decode("latin-1")
-            headers.append((ks, vs))
+        headers = self._headers
+        for k, v in headers:
             kl = k.lower()
             if kl == b"content-length":
                 length = int(v)
@@ -232,7 +229,6 @@ class Connection(asyncio.Protocol):
         req = Request(self, method, self._url.decode("latin-1"), headers,
                       p.get_http_version())
         req.keep_alive = p.should_keep_alive()
-        req.expect_continue = expect
         self._req = req
         if expect and self.current is None and self.transport is not None:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -273,12 +269,12 @@ class Connection(asyncio.Protocol):
         try:
             await self.server.handler(req)
         except asyncio.CancelledError:
-            self._abort()
+            self.abort()
             raise
         except Exception:
             log.exception("error handling %s %s", req.method, req.path)
             if self._answered:
-                self._abort()  # a response under way cannot be finished
+                self.abort()  # a response under way cannot be finished
         if not self._answered and not self.closing:
             self.respond(500, [(b"Content-Type", b"application/json")],
                          errors.body("internal error in the gateway", "internal_error"))
@@ -351,10 +347,12 @@ class Connection(asyncio.Protocol):
             t.write(data)
         if self._write_paused:
             d = self._drain = self.loop.create_future()
+            stall = _Stall(self)
             try:
                 await d
             finally:
                 self._drain = None
+                stall.stop()
 
     def end(self) -> None:
         t = self.transport
@@ -365,9 +363,6 @@ class Connection(asyncio.Protocol):
 
     def abort(self) -> None:
         """Drop the connection without a word (a body that cannot be finished)."""
-        self._abort()
-
-    def _abort(self) -> None:
         self.closing = True
         if self.current is not None:
             self.current.keep_alive = False
@@ -443,6 +438,62 @@ class _Refused(Exception):
     pass
 
 
+class _Stall:
+    """Watches a write that waits for the client's socket to drain, and cuts the
+    connection when nothing of what is queued for the client (the transport's buffer and
+    the kernel's send queue) has gone out for clients.write_timeout. Without it a client
+    that stops reading a stream would hold the handler, the upstream connection and the
+    replica's generation for as long as the replica produces. A slow reader is not cut:
+    its queue keeps shrinking. Only a write that has to wait starts one."""
+
+    __slots__ = ("conn", "queued", "since", "timeout", "timer")
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.timeout = conn.limits.write_timeout
+        self.since = conn.loop.time()  # when the queue last shrank (or the wait began)
+        self.queued = _queued(conn.transport) if conn.transport is not None else 0
+        self.timer: asyncio.TimerHandle | None = conn.loop.call_later(
+            self.timeout / 2, self._check)
+
+    def _check(self) -> None:
+        conn = self.conn
+        transport = conn.transport
+        if transport is None or conn.closing:
+            self.timer = None
+            return
+        now = conn.loop.time()
+        queued = _queued(transport)
+        if queued < self.queued:
+            self.since = now
+        self.queued = queued
+        if now - self.since >= self.timeout:
+            log.info("a client read nothing for %.1f s (%d bytes queued for it): "
+                     "connection cut", now - self.since, queued)
+            self.timer = None
+            transport.abort()  # the pending write raises ConnectionResetError
+            return
+        self.timer = conn.loop.call_later(self.timeout / 2, self._check)
+
+    def stop(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
+def _queued(transport: asyncio.Transport) -> int:
+    """Bytes written for the client and not yet taken by it: the transport's buffer and
+    the kernel's send queue (SIOCOUTQ)."""
+    n = transport.get_write_buffer_size()
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            n += struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+        except OSError:
+            pass
+    return n
+
+
 class Server:
     """Listens and keeps its connections, for counting and a graceful stop."""
 
@@ -499,7 +550,3 @@ class Server:
         self.connections.clear()
         if self._server is not None:
             await self._server.wait_closed()
-
-
-def header_list(headers: Any) -> list[tuple[bytes, bytes]]:
-    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
