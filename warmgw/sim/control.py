@@ -16,20 +16,56 @@ GET  /sim/stats    SimStats counters, queue sizes and warm buckets
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from warmgw.sim.api import error_body, json_response
+from warmgw.sim.engine import SimProcess, SimStats
+from warmgw.sim.faults import Faults
 from warmgw.sim.metrics import CONTENT_TYPE
-
-if TYPE_CHECKING:
-    from warmgw.sim.server import SimReplica
+from warmgw.sim.model import SimConfig
 
 VERSION = "0.32.0-sim"
 
 
-def add_info_routes(app: web.Application, replica: SimReplica) -> None:
+class ReplicaControl(Protocol):
+    """What these routes need from their replica (SimReplica; read live on each request)."""
+
+    config: SimConfig
+    stats: SimStats
+
+    @property
+    def process(self) -> SimProcess: ...
+
+    @property
+    def process_start_time(self) -> float: ...
+
+    @property
+    def loaded(self) -> bool: ...
+
+    @property
+    def listening(self) -> bool: ...
+
+    @property
+    def faults(self) -> Faults: ...
+
+    def set_faults(self, **changes: Any) -> Faults: ...
+
+    async def stop_listening(
+        self, drop_connections: bool = True, keep: asyncio.BaseTransport | None = None
+    ) -> None: ...
+
+    async def resume_later(self, delay: float) -> None: ...
+
+    async def restart(self, keep: asyncio.BaseTransport | None = None) -> None: ...
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None: ...
+
+
+def add_info_routes(app: web.Application, replica: ReplicaControl) -> None:
     async def health(request: web.Request) -> web.Response:
         return web.Response(status=503 if replica.faults.unhealthy else 200)
 
@@ -70,7 +106,7 @@ def add_info_routes(app: web.Application, replica: SimReplica) -> None:
     app.router.add_post("/ping", health)
 
 
-def add_control_routes(app: web.Application, replica: SimReplica) -> None:
+def add_control_routes(app: web.Application, replica: ReplicaControl) -> None:
     async def get_faults(request: web.Request) -> web.Response:
         return web.json_response(replica.faults.as_json() | {"refuse": not replica.listening})
 
