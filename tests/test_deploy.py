@@ -33,7 +33,8 @@ from warmgw import metrics
 from warmgw.app import Gateway
 from warmgw.config import Config, parse
 from warmgw.core.lifecycle import State
-from warmgw.policy_store import KEY, _decode
+from warmgw.policy.codec import decode
+from warmgw.policy.configmap import KEY
 from warmgw.sim import SimConfig, SimFleet
 
 JSON = dict[str, Any]
@@ -306,7 +307,7 @@ def test_policy_configmap_is_shipped_without_a_policy(gateway_objects: list[JSON
     assert cfg.kubernetes is not None
     name = cfg.kubernetes.policy_configmap
     cm = one(gateway_objects, "ConfigMap", name)
-    # the labels the gateway itself writes (policy_store.ConfigMapStore.save)
+    # the labels the gateway itself writes (policy.configmap.ConfigMapStore.save)
     assert cm["metadata"]["labels"] == {"app.kubernetes.io/managed-by": "warmgw",
                                         "warmgw.io/policy": name}
     # no policy.json: a later `kubectl apply -k` must never overwrite a cutover
@@ -697,7 +698,7 @@ async def test_the_gateway_needs_no_more_than_the_role_grants(
 
             await wait_for(lambda: stored() is not None, 10, "the policy stored")
             text = stored()
-            assert text is not None and _decode(text, "test").active == "green"
+            assert text is not None and decode(text, "test").active == "green"
             await wait_for(lambda: any(c.method == "PUT" and "/leases/" in c.path
                                        for c in server.requests), 10, "a Lease update")
 

@@ -17,7 +17,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from warmgw import metrics, status
 from warmgw.admin import Admin
 from warmgw.config import ClientLimits, Config, KubeParams, load
-from warmgw.core.bluegreen import BlueGreen, PolicyState
+from warmgw.core.bluegreen import BlueGreen
 from warmgw.core.clock import Clock, MonotonicClock
 from warmgw.core.lifecycle import WARM
 from warmgw.core.model import Endpoint, EndpointSpec
@@ -27,14 +27,9 @@ from warmgw.discovery.kube import KubeDiscovery, default_identity, own_namespace
 from warmgw.discovery.kube import api_client as kube_api_client
 from warmgw.h1.client import Pool
 from warmgw.h1.server import Request, Server
-from warmgw.policy_store import (
-    STORE_ERRORS,
-    ConfigMapStore,
-    FileStore,
-    MemoryStore,
-    PolicyConflict,
-    PolicyStore,
-)
+from warmgw.policy.configmap import ConfigMapStore
+from warmgw.policy.keeper import PolicyKeeper
+from warmgw.policy.stores import FileStore, MemoryStore
 from warmgw.proxy import Proxy
 from warmgw.supervisor import Supervisor
 from warmgw.warmup import Warmer
@@ -58,11 +53,6 @@ class _ServerLog(logging.LoggerAdapter[logging.Logger]):
             self.debug(f"{msg}: %s", *args, exc_info)
             return
         super().exception(msg, *args, exc_info=exc_info, **kwargs)
-
-
-def _core(p: PolicyState) -> tuple[object, ...]:
-    """What a cutover decides: the active pool, the previous one and the shares."""
-    return (p.active, p.previous, tuple(sorted(p.shares.items())))
 
 
 def first_pool(config: Config) -> str:
@@ -95,15 +85,10 @@ class Gateway:
         self.registry = Registry(
             config.lifecycle, self.clock, TrafficPolicy.single(first_pool(config))
         )
-        self._last_shares = ""
-        self.bluegreen = BlueGreen(
-            self.registry, config.cutover, self.clock, first_pool(config), self._policy_changed
-        )
-        self.store: PolicyStore = FileStore(config.state_file) if config.state_file else (
-            MemoryStore()
-        )
-        self._policy_dirty = asyncio.Event()
-        self._policy_lock = asyncio.Lock()
+        self.bluegreen = BlueGreen(self.registry, config.cutover, self.clock, first_pool(config))
+        store = FileStore(config.state_file) if config.state_file else MemoryStore()
+        self.keeper = PolicyKeeper(self.bluegreen, store)
+        self.bluegreen.on_change = self.keeper.changed
         self.kube: KubeDiscovery | None = None
         self._kube_api: Any = None
         self.static_specs: dict[str, EndpointSpec] = {s.name: s for s in config.replicas}
@@ -158,11 +143,7 @@ class Gateway:
         warmer = Warmer(warm_session, cfg.warmup, self.clock)
         if cfg.kubernetes is not None:
             await self._start_kube(cfg.kubernetes)
-        saved = await self.store.load()
-        if saved is not None:
-            self.bluegreen.restore(saved)
-            log.info("policy restored: active pool %s", saved.active)
-        await self.store.start(self._follow_policy)
+        await self.keeper.start()
         self.supervisor = Supervisor(
             self.registry, control_session, warmer, cfg.warmup, cfg.health, self.clock,
             coordinator=self.kube,
@@ -174,7 +155,6 @@ class Gateway:
             await self.kube.start()
         self._tasks = [
             asyncio.create_task(self._policy_loop(), name="warmgw-policy"),
-            asyncio.create_task(self._policy_writer(), name="warmgw-policy-writer"),
         ]
 
         self._server = Server(self._dispatch, self.limits, up.max_body_bytes)
@@ -228,7 +208,7 @@ class Gateway:
             await self.supervisor.stop()
         if self.kube is not None:
             await self.kube.stop()
-        await self.store.stop()
+        await self.keeper.stop()
         if self._kube_api is not None:
             await self._kube_api.close()
             self._kube_api = None
@@ -245,54 +225,17 @@ class Gateway:
             k.watch_timeout,
         )
         if k.policy_configmap:
-            self.store = ConfigMapStore(self._kube_api, ns, k.policy_configmap,
-                                        k.watch_timeout)
+            self.keeper.store = ConfigMapStore(self._kube_api, ns, k.policy_configmap,
+                                               k.watch_timeout)
 
     # -- the traffic policy -----------------------------------------------------------------
 
-    def _follow_policy(self, policy: PolicyState) -> None:
-        """Another gateway replica changed the stored policy: take it."""
-        self.bluegreen.restore(policy, follow=True)
-
     def policy_core(self) -> tuple[object, ...]:
-        return _core(self.bluegreen.state())
+        return self.keeper.core()
 
     async def commit_policy(self, base: tuple[object, ...] | None = None,
                             decided: tuple[object, ...] | None = None) -> bool:
-        """Store the current policy (compare-and-swap on the store's version).
-
-        base: the policy the caller's decision started from; decided: what it decided. A
-        conflict with a stored policy that still equals base (or ours) is bookkeeping only
-        (drain times) and is retried; anything else means another gateway replica switched
-        first: its policy is taken here and False returned."""
-        async with self._policy_lock:
-            if decided is not None and self.policy_core() != decided:
-                return False  # a stored change from elsewhere was applied meanwhile
-            for _ in range(5):
-                mine = self.bluegreen.state()
-                try:
-                    await self.store.save(mine)
-                    return True
-                except STORE_ERRORS as e:  # applied here; the writer keeps trying
-                    log.error("policy applied but not stored yet (%s); retrying", e)
-                    self._policy_dirty.set()
-                    return True
-                except PolicyConflict:
-                    remote = await self.store.load()
-                    if remote is None or _core(remote) == (base or _core(mine)):
-                        continue  # only bookkeeping changed there: write ours again
-                    self.bluegreen.restore(remote, follow=True)
-                    return False
-            return False
-
-    async def _policy_writer(self) -> None:
-        while True:
-            await self._policy_dirty.wait()
-            self._policy_dirty.clear()
-            if not await self.commit_policy():
-                log.warning("policy changed elsewhere meanwhile; took the stored one")
-            if self._policy_dirty.is_set():
-                await asyncio.sleep(1.0)  # storing failed: try again, not in a tight loop
+        return await self.keeper.commit(base, decided)
 
     async def _policy_loop(self) -> None:
         last_keep = self.clock.now()
@@ -323,13 +266,6 @@ class Gateway:
                 raise res
             if isinstance(res, BaseException):
                 log.info("replica %s: keep-warm request failed: %s", ep.name, res)
-
-    def _policy_changed(self, policy: PolicyState) -> None:
-        shares = ", ".join(f"{p}={s:g}" for p, s in sorted(policy.shares.items()))
-        if shares != self._last_shares:
-            log.info("traffic policy: active %s, shares %s", policy.active, shares)
-            self._last_shares = shares
-        self._policy_dirty.set()
 
     # -- replicas -------------------------------------------------------------------------
 

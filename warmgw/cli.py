@@ -14,7 +14,7 @@ def _serve(args: argparse.Namespace) -> int:
     from warmgw.app import serve_forever
     from warmgw.config import ConfigError, load
     from warmgw.fdlimit import raise_open_files_limit
-    from warmgw.state import StateFileError
+    from warmgw.policy.codec import PolicyReadError
 
     try:
         config = load(args.config)
@@ -24,7 +24,7 @@ def _serve(args: argparse.Namespace) -> int:
     raise_open_files_limit()
     try:
         uvloop.run(serve_forever(config))
-    except StateFileError as e:
+    except PolicyReadError as e:
         print(f"warmgw: {e}; fix or remove it (the policy is not guessed)", file=sys.stderr)
         return 2
     return 0

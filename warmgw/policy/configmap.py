@@ -1,91 +1,46 @@
-"""Where the traffic policy lives: a state file (static mode) or one ConfigMap that every
-gateway replica watches (Kubernetes), so a cutover through any replica reaches all."""
+"""The traffic policy in one ConfigMap that every gateway replica watches, so a cutover
+through any replica reaches all; a write is a compare-and-swap on its resourceVersion."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Callable
-from dataclasses import asdict
-from typing import Any, Protocol
+from typing import Any
 
-import aiohttp
 from kubernetes.aio import client
 from kubernetes.aio.client.exceptions import ApiException
 
-from warmgw import state
 from warmgw.core.bluegreen import PolicyState
 from warmgw.discovery.kwatch import Watcher
+from warmgw.policy import codec
+from warmgw.policy.stores import PolicyConflict
 
 log = logging.getLogger("warmgw.policy")
 
 KEY = "policy.json"
 
 
-class PolicyConflict(Exception):
-    """Someone else changed the stored policy since we last read it."""
-
-
-class PolicyStore(Protocol):
-    async def load(self) -> PolicyState | None: ...
-
-    async def save(self, policy: PolicyState) -> None: ...
-
-    async def start(self, apply: Callable[[PolicyState], None]) -> None: ...
-
-    async def stop(self) -> None: ...
-
-
-class MemoryStore:
-    async def load(self) -> PolicyState | None:
-        return None
-
-    async def save(self, policy: PolicyState) -> None:
-        return None
-
-    async def start(self, apply: Callable[[PolicyState], None]) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
-
-
-class FileStore(MemoryStore):
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    async def load(self) -> PolicyState | None:
-        return state.load(self.path)
-
-    async def save(self, policy: PolicyState) -> None:
-        state.save(self.path, policy)
-
-
-def _encode(policy: PolicyState) -> str:
-    return json.dumps({"version": 1, **asdict(policy)}, sort_keys=True)
-
-
-def _decode(text: str, where: str) -> PolicyState:
-    try:
-        data = json.loads(text)
-        return PolicyState(data["active"], data.get("previous"),
-                           {str(k): float(v) for k, v in (data.get("shares") or {}).items()},
-                           list(data.get("history") or []))
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise state.StateFileError(f"{where} does not hold a warmgw policy: {e}") from None
-
-
 class ConfigMapStore:
-    def __init__(self, api: client.ApiClient, namespace: str, name: str,
-                 watch_timeout: int = 300) -> None:
-        self.core = client.CoreV1Api(api)
+    def __init__(self, api: client.ApiClient | Callable[[], client.ApiClient],
+                 namespace: str, name: str, watch_timeout: int = 300) -> None:
+        """api: the client, or a function that returns it, called on first use (the store
+        can then be built before the client is)."""
+        self._api = api
+        self._core: client.CoreV1Api | None = None
         self.ns = namespace
         self.name = name
         self.watch_timeout = watch_timeout
         self.rv: str | None = None
         self.text: str | None = None  # what we last read or wrote
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def core(self) -> client.CoreV1Api:
+        if self._core is None:
+            api = self._api if isinstance(self._api, client.ApiClient) else self._api()
+            self._core = client.CoreV1Api(api)
+        return self._core
 
     @property
     def where(self) -> str:
@@ -102,10 +57,10 @@ class ConfigMapStore:
         self.rv = cm.metadata.resource_version if cm.metadata else None
         text = (cm.data or {}).get(KEY)
         self.text = text
-        return _decode(text, self.where) if text else None
+        return codec.decode(text, self.where) if text else None
 
     async def save(self, policy: PolicyState) -> None:
-        text = _encode(policy)
+        text = codec.encode(policy)
         if text == self.text:
             return
         meta = client.V1ObjectMeta(
@@ -136,8 +91,8 @@ class ConfigMapStore:
                 self.rv = rv or self.rv
                 return
             try:
-                policy = _decode(text, self.where)
-            except state.StateFileError as e:
+                policy = codec.decode(text, self.where)
+            except codec.PolicyReadError as e:
                 log.error("%s; ignored", e)
                 return
             self.rv, self.text = rv, text
@@ -155,6 +110,3 @@ class ConfigMapStore:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-
-
-STORE_ERRORS = (ApiException, aiohttp.ClientError, TimeoutError, OSError)
