@@ -7,17 +7,16 @@ import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
-from warmgw import webpage
+from warmgw import status, webpage
 from warmgw.config import ConfigError, parse_replicas
-from warmgw.core.bluegreen import CutoverError, request_from_json
-from warmgw.core.registry import UnknownEndpoint
-
-if TYPE_CHECKING:
-    from warmgw.app import Gateway
+from warmgw.core.bluegreen import BlueGreen, CutoverError, request_from_json
+from warmgw.core.model import Endpoint
+from warmgw.core.registry import Registry, UnknownEndpoint
+from warmgw.discovery.static import StaticDiscovery
 
 log = logging.getLogger("warmgw.admin")
 
@@ -40,10 +39,27 @@ def _conflict(active: str) -> web.Response:
                   f"now active: {active!r}", active=active)
 
 
+class PolicyCommit(Protocol):
+    """The traffic policy's compare-and-swap (warmgw.policy.keeper.PolicyKeeper)."""
+
+    def core(self) -> tuple[object, ...]: ...
+
+    async def commit(self, base: tuple[object, ...] | None = None,
+                     decided: tuple[object, ...] | None = None) -> bool: ...
+
+
 class Admin:
-    def __init__(self, gateway: Gateway, token: str) -> None:
-        self.gw = gateway
+    def __init__(self, token: str, registry: Registry, bluegreen: BlueGreen,
+                 policy: PolicyCommit, static: StaticDiscovery, strategy: str) -> None:
+        self.registry = registry
+        self.bluegreen = bluegreen
+        self.policy = policy
+        self.static = static
+        self.strategy = strategy
         self._token = token.encode()
+
+    def _replica(self, ep: Endpoint) -> dict[str, Any]:
+        return status.replica(ep, self.registry.clock.now(), self.registry.policy.share(ep.pool))
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._auth], client_max_size=1 << 20)
@@ -90,42 +106,42 @@ class Admin:
     # -- reading --------------------------------------------------------------------------
 
     async def status(self, request: web.Request) -> web.Response:
-        return _json(self.gw.status())
+        return _json(status.gateway(self.registry, self.bluegreen, self.strategy))
 
     # -- blue-green -----------------------------------------------------------------------
 
     async def cutover(self, request: web.Request) -> web.Response:
         body = await self._body(request)
-        base = self.gw.policy_core()
+        base = self.policy.core()
         try:
-            rec = self.gw.bluegreen.cutover(request_from_json(body))
+            rec = self.bluegreen.cutover(request_from_json(body))
         except CutoverError as e:
             return _error(e.status, str(e), **e.details)
-        if not await self.gw.commit_policy(base, self.gw.policy_core()):
-            return _conflict(self.gw.bluegreen.active)
+        if not await self.policy.commit(base, self.policy.core()):
+            return _conflict(self.bluegreen.active)
         log.info("cutover %s -> %s (%s) by admin call", rec.frm, rec.to, rec.mode)
-        return _json({"cutover": rec.as_dict(), "policy": self.gw.bluegreen.state().shares})
+        return _json({"cutover": rec.as_dict(), "policy": self.bluegreen.state().shares})
 
     async def rollback(self, request: web.Request) -> web.Response:
         body = await self._body(request)
         force = body.get("force", False) if isinstance(body, dict) else None
         if not isinstance(force, bool):
             return _error(400, f"field 'force' must be true or false, got {force!r}")
-        base = self.gw.policy_core()
+        base = self.policy.core()
         try:
-            rec = self.gw.bluegreen.rollback(force)
+            rec = self.bluegreen.rollback(force)
         except CutoverError as e:
             return _error(e.status, str(e), **e.details)
-        if not await self.gw.commit_policy(base, self.gw.policy_core()):
-            return _conflict(self.gw.bluegreen.active)
+        if not await self.policy.commit(base, self.policy.core()):
+            return _conflict(self.bluegreen.active)
         log.info("rollback %s -> %s by admin call", rec.frm, rec.to)
-        return _json({"cutover": rec.as_dict(), "policy": self.gw.bluegreen.state().shares})
+        return _json({"cutover": rec.as_dict(), "policy": self.bluegreen.state().shares})
 
     # -- replicas -------------------------------------------------------------------------
 
     async def replica_action(self, request: web.Request) -> web.Response:
         name, action = request.match_info["name"], request.match_info["action"]
-        reg = self.gw.registry
+        reg = self.registry
         actions = {"drain": reg.drain, "undrain": reg.undrain, "rewarm": reg.rewarm}
         fn = actions.get(action)
         if fn is None:
@@ -136,7 +152,7 @@ class Admin:
             return _error(404, str(e))
         except ValueError as e:
             return _error(409, str(e))
-        return _json({"replica": self.gw.replica_status(ep)})
+        return _json({"replica": self._replica(ep)})
 
     async def add_replica(self, request: web.Request) -> web.Response:
         body = await self._body(request)
@@ -144,22 +160,24 @@ class Admin:
             (spec,) = parse_replicas([body], where="replica")
         except ConfigError as e:
             return _error(400, str(e))
-        if spec.name in self.gw.static_specs:
-            return _error(409, f"a replica named {spec.name!r} exists already")
-        self.gw.set_replicas([*self.gw.static_specs.values(), spec])
-        return _json({"replica": self.gw.replica_status(self.gw.registry.get(spec.name))}, 201)
+        try:
+            self.static.add(spec)
+        except ValueError as e:
+            return _error(409, str(e))
+        return _json({"replica": self._replica(self.registry.get(spec.name))}, 201)
 
     async def remove_replica(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        if name not in self.gw.static_specs:
+        try:
+            self.static.remove(name)
+        except KeyError:
             return _error(404, f"no replica named {name!r}")
-        self.gw.set_replicas([s for s in self.gw.static_specs.values() if s.name != name])
-        ep = self.gw.registry.endpoints.get(name)
-        return _json({"replica": self.gw.replica_status(ep) if ep else {"name": name}})
+        ep = self.registry.endpoints.get(name)
+        return _json({"replica": self._replica(ep) if ep else {"name": name}})
 
     async def reload(self, request: web.Request) -> web.Response:
         try:
-            added, removed = self.gw.reload_from_file()
+            added, removed = self.static.reload_from_file()
         except ConfigError as e:
             return _error(400, f"config not reloaded: {e}")
         return _json({"added": added, "removed": removed})

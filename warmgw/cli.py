@@ -11,10 +11,10 @@ from warmgw import logs
 def _serve(args: argparse.Namespace) -> int:
     import uvloop
 
-    from warmgw.app import serve_forever
     from warmgw.config import ConfigError, load
     from warmgw.fdlimit import raise_open_files_limit
     from warmgw.policy.codec import PolicyReadError
+    from warmgw.serve import serve_forever
 
     try:
         config = load(args.config)

@@ -27,6 +27,7 @@ from warmgw.config import Config, parse
 from warmgw.core.clock import Clock
 from warmgw.core.lifecycle import ROUTABLE
 from warmgw.demo_view import Sample, View
+from warmgw.reactor import consume
 from warmgw.sim import SimConfig, SimFleet, SimReplica
 
 COLD = SimConfig(
@@ -152,15 +153,19 @@ async def _story(seconds: float) -> int:
         gw = Gateway(gateway_config({n: u for n, u in urls.items() if n != LATE}, token))
         view = View(gw.clock.now)
         view.intro(BLUE, GREEN, LATE, seconds)
-        gw.registry.listeners.append(view.transition)
-        async with gw:
-            view.hint(gw.admin_url, token)
-            if not await _wait_blue(gw, view):
-                return 1
-            scene = Scene(gw, view, replicas, lambda: gateway_config(urls, token))
-            async with Traffic(gw.url, WORKERS, gw.clock) as traffic:
-                elapsed = await scene.play(traffic, seconds)
-            scene.table(traffic.samples)
+        narrate = asyncio.create_task(consume(gw.registry.subscribe(), view.transition))
+        try:
+            async with gw:
+                view.hint(gw.admin_url, token)
+                if not await _wait_blue(gw, view):
+                    return 1
+                scene = Scene(gw, view, replicas, lambda: gateway_config(urls, token))
+                async with Traffic(gw.url, WORKERS, gw.clock) as traffic:
+                    elapsed = await scene.play(traffic, seconds)
+                scene.table(traffic.samples)
+        finally:
+            narrate.cancel()
+            await asyncio.gather(narrate, return_exceptions=True)
         return 0 if view.summary(traffic.samples, replicas, elapsed) else 1
 
 
@@ -226,7 +231,7 @@ class Scene:
             f"a new replica joins: {LATE}. The gateway warms it before any user request",
             "reaches it, then ramps its weight up.",
         )
-        self.gw.reload(self.full_config())
+        self.gw.static.reload(self.full_config())
 
     async def _restart(self) -> None:
         self.view.event(

@@ -8,8 +8,8 @@ Label sets are bounded: pools, replicas, routes, status codes, states, outcomes.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -20,11 +20,10 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from warmgw.core.bluegreen import BlueGreen
 from warmgw.core.lifecycle import ROUTABLE, State
-from warmgw.core.telemetry import Histogram
-
-if TYPE_CHECKING:
-    from warmgw.app import Gateway
+from warmgw.core.registry import Registry
+from warmgw.core.telemetry import Histogram, RequestStats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -37,36 +36,52 @@ def _histogram(name: str, doc: str, labels: list[str],
     return fam
 
 
+class WarmupView(Protocol):
+    """What the metrics read of the warmups (warmgw.supervisor.Supervisor)."""
+
+    warmups: dict[str, int]
+    warmup_seconds: Histogram
+
+    @property
+    def requests_sent(self) -> int: ...
+
+    def engine(self, name: str) -> dict[str, float]: ...
+
+
 class GatewayCollector(Collector):
-    def __init__(self, gateway: Gateway) -> None:
-        self.gw = gateway
+    def __init__(self, registry: Registry, bluegreen: BlueGreen, requests: RequestStats,
+                 warmups: WarmupView) -> None:
+        self.registry = registry
+        self.bluegreen = bluegreen
+        self.requests = requests
+        self.warmups = warmups
 
     def collect(self) -> Iterator[Metric]:
-        gw = self.gw
-        reg = gw.registry
+        reg = self.registry
         now = reg.clock.now()
         policy = reg.policy
+        sup = self.warmups
 
-        if gw.proxy is not None:
-            stats = gw.proxy.stats
-            c = CounterMetricFamily(
-                "warmgw_requests", "User requests by pool, replica, route and status code "
-                "(499: the client left; replica empty: answered by the gateway itself).",
-                labels=["pool", "replica", "route", "code"],
-            )
-            for (pool, replica, route, code), n in stats.requests.items():
-                c.add_metric([pool, replica, route, str(code)], n)
-            yield c
-            yield _histogram(
-                "warmgw_request_ttfb_seconds",
-                "Time to first byte of successful user requests (streams: first chunk).",
-                ["pool"], [([p], h) for p, h in stats.ttfb.items()],
-            )
-            yield _histogram(
-                "warmgw_request_duration_seconds",
-                "Whole duration of successful user requests.",
-                ["pool"], [([p], h) for p, h in stats.duration.items()],
-            )
+        # user requests
+        stats = self.requests
+        c = CounterMetricFamily(
+            "warmgw_requests", "User requests by pool, replica, route and status code "
+            "(499: the client left; replica empty: answered by the gateway itself).",
+            labels=["pool", "replica", "route", "code"],
+        )
+        for (pool, replica, route, code), n in stats.requests.items():
+            c.add_metric([pool, replica, route, str(code)], n)
+        yield c
+        yield _histogram(
+            "warmgw_request_ttfb_seconds",
+            "Time to first byte of successful user requests (streams: first chunk).",
+            ["pool"], [([p], h) for p, h in stats.ttfb.items()],
+        )
+        yield _histogram(
+            "warmgw_request_duration_seconds",
+            "Whole duration of successful user requests.",
+            ["pool"], [([p], h) for p, h in stats.duration.items()],
+        )
 
         inflight = GaugeMetricFamily("warmgw_replica_inflight_requests",
                                      "User requests in flight per replica.",
@@ -86,7 +101,6 @@ class GatewayCollector(Collector):
         kv = GaugeMetricFamily("warmgw_replica_vllm_kv_cache_usage_ratio",
                                "vllm:kv_cache_usage_perc (0-1) as last scraped from the replica.",
                                labels=["pool", "replica"])
-        engine = gw.supervisor.engine if gw.supervisor else {}
         for ep in reg.endpoints.values():
             labels = [ep.pool, ep.name]
             inflight.add_metric(labels, ep.inflight)
@@ -96,7 +110,7 @@ class GatewayCollector(Collector):
             weight.add_metric(labels, ep.weight(now) if routable else 0.0)
             if ep.ratio is not None:
                 ratio.add_metric(labels, ep.ratio)
-            g = engine.get(ep.name, {})
+            g = sup.engine(ep.name)
             if "num_requests_waiting" in g:
                 waiting.add_metric(labels, g["num_requests_waiting"])
             if "kv_cache_usage_perc" in g:
@@ -109,20 +123,19 @@ class GatewayCollector(Collector):
             t.add_metric([s.value], n)
         yield t
 
-        sup = gw.supervisor
-        if sup is not None:
-            w = CounterMetricFamily("warmgw_warmups", "Warmups finished, by outcome.",
-                                    labels=["outcome"])
-            for outcome, n in sup.warmups.items():
-                w.add_metric([outcome], n)
-            yield w
-            yield CounterMetricFamily("warmgw_warmup_requests",
-                                      "Synthetic warmup requests sent to replicas.",
-                                      value=sup.warmer.requests_sent)
-            yield _histogram("warmgw_warmup_duration_seconds", "How long warmups took.",
-                             [], [([], sup.warmup_seconds)])
+        # warmups
+        w = CounterMetricFamily("warmgw_warmups", "Warmups finished, by outcome.",
+                                labels=["outcome"])
+        for outcome, n in sup.warmups.items():
+            w.add_metric([outcome], n)
+        yield w
+        yield CounterMetricFamily("warmgw_warmup_requests",
+                                  "Synthetic warmup requests sent to replicas.",
+                                  value=sup.requests_sent)
+        yield _histogram("warmgw_warmup_duration_seconds", "How long warmups took.",
+                         [], [([], sup.warmup_seconds)])
 
-        bg = gw.bluegreen
+        bg = self.bluegreen
         share = GaugeMetricFamily("warmgw_pool_share", "Share of new requests per pool.",
                                   labels=["pool"])
         pools = set(bg.pools()) | {p for p, _ in policy.shares}
@@ -142,8 +155,8 @@ class GatewayCollector(Collector):
 class RuntimeCollector(Collector):
     """The gateway process's own load, for leak hunting (soak tests, dashboards)."""
 
-    def __init__(self, gateway: Gateway) -> None:
-        self.gw = gateway
+    def __init__(self, connections: Callable[[], int]) -> None:
+        self.connections = connections
 
     def collect(self) -> Iterator[Metric]:
         try:
@@ -154,13 +167,13 @@ class RuntimeCollector(Collector):
                                 "asyncio tasks alive in the gateway's event loop.", value=tasks)
         yield GaugeMetricFamily("warmgw_client_connections",
                                 "Client connections open on the gateway's listeners.",
-                                value=self.gw.client_connections)
+                                value=self.connections())
 
 
-def registry_for(gateway: Gateway) -> CollectorRegistry:
+def registry_for(gateway: GatewayCollector, runtime: RuntimeCollector) -> CollectorRegistry:
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(GatewayCollector(gateway))
-    reg.register(RuntimeCollector(gateway))
+    reg.register(gateway)
+    reg.register(runtime)
     return reg
 
 

@@ -1,11 +1,12 @@
-"""Runs what the lifecycle asks for: probes, warmups and health checks, one task per
-endpoint, all owned here, created on start and cancelled and awaited on stop."""
+"""Runs what the lifecycle asks for: probes, warmups and health checks. A replica's probe or
+warmup task lives in its record (warmgw.replicas), started when a transition asks for it
+and cancelled when the replica leaves that state; the ticker and the health loop are owned
+here, created on start and cancelled and awaited on stop."""
 
 from __future__ import annotations
 
 import asyncio
 import errno
-import functools
 import logging
 import re
 from typing import Any, Protocol
@@ -19,6 +20,7 @@ from warmgw.core.model import Endpoint
 from warmgw.core.registry import Registry, Transition
 from warmgw.core.telemetry import Histogram
 from warmgw.core.warm import OnDeadline, WarmProfile
+from warmgw.replicas import Replica, Replicas
 from warmgw.slots import Slots
 from warmgw.warmup import Warmer, WarmupFailed
 
@@ -73,6 +75,7 @@ class Supervisor:
     def __init__(
         self,
         registry: Registry,
+        replicas: Replicas,
         session: aiohttp.ClientSession,
         warmer: Warmer,
         profile: WarmProfile,
@@ -82,71 +85,77 @@ class Supervisor:
     ) -> None:
         self.coordinator = coordinator
         self.registry = registry
+        self.replicas = replicas
         self.session = session
         self.warmer = warmer
         self.profile = profile
         self.health = health
         self.clock = clock
-        self._tasks: dict[str, asyncio.Task[None]] = {}
         self._loops: list[asyncio.Task[None]] = []
         self._warm_slots = Slots(profile.max_concurrent)
         self.warmups: dict[str, int] = {}  # outcome -> count
         self.warmup_seconds = Histogram(WARMUP_BUCKETS)
-        self.engine: dict[str, dict[str, float]] = {}  # replica -> vLLM gauges
-        self._health_failures: dict[str, int] = {}
-        self._checks: dict[str, int] = {}
-        registry.listeners.append(self._on_transition)
 
     async def start(self) -> None:
         self._loops = [
             asyncio.create_task(self._ticker(), name="warmgw-tick"),
             asyncio.create_task(self._health_loop(), name="warmgw-health"),
         ]
-        for ep in self.registry.endpoints.values():
-            if ep.state is State.PROBING and ep.name not in self._tasks:
-                self._spawn(ep, self._probe(ep))
 
     async def stop(self) -> None:
-        tasks = [*self._loops, *self._tasks.values()]
+        tasks = [*self._loops]
+        for rec in self.replicas.records.values():
+            if rec.task is not None:
+                tasks.append(rec.task)
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._tasks.clear()
         self._loops = []
 
     # -- reacting to the lifecycle -------------------------------------------------------
 
-    def _on_transition(self, t: Transition) -> None:
+    def react(self, t: Transition, rec: Replica) -> None:
         log.info("replica %s: %s -> %s (%s)", t.name, t.frm, t.to, t.reason)
         ep = self.registry.endpoints.get(t.name)
-        if ep is None:
+        if ep is None or ep.state is not t.to:
+            self._cancel(rec)  # gone, or moved on since: a later transition says what next
             return
         if t.to is State.PROBING:
-            self._spawn(ep, self._probe(ep))
+            self._spawn(rec, self._probe(ep))
         elif t.to is State.WARMING:
-            self._spawn(ep, self._warm(ep))
+            self._spawn(rec, self._warm(ep))
         elif t.to in (State.EJECTED, State.DRAINING, State.GONE):
-            self._cancel(t.name)
+            self._cancel(rec)
 
-    def _spawn(self, ep: Endpoint, coro: Any) -> None:
-        if not self._loops:  # not started: start() picks probing endpoints up
+    def _spawn(self, rec: Replica, coro: Any) -> None:
+        if not self._loops:  # stopped
             coro.close()
             return
-        self._cancel(ep.name)
-        task = asyncio.create_task(coro, name=f"warmgw-{ep.name}")
-        self._tasks[ep.name] = task
-        task.add_done_callback(functools.partial(self._done, ep.name))
+        self._cancel(rec)
+        task = asyncio.create_task(coro, name=f"warmgw-{rec.name}")
+        rec.task = task
+        task.add_done_callback(lambda t: self._done(rec, t))
 
-    def _done(self, name: str, task: asyncio.Task[None]) -> None:
-        if self._tasks.get(name) is task:
-            del self._tasks[name]
+    def _done(self, rec: Replica, task: asyncio.Task[None]) -> None:
+        if rec.task is task:
+            rec.task = None
         if not task.cancelled() and task.exception() is not None:
-            log.error("replica %s: task failed", name, exc_info=task.exception())
+            log.error("replica %s: task failed", rec.name, exc_info=task.exception())
 
-    def _cancel(self, name: str) -> None:
-        task = self._tasks.pop(name, None)
+    def _cancel(self, rec: Replica) -> None:
+        task = rec.task
+        rec.task = None
         if task is not None and task is not asyncio.current_task():
             task.cancel()
+
+    @property
+    def requests_sent(self) -> int:
+        return self.warmer.requests_sent
+
+    def engine(self, name: str) -> dict[str, float]:
+        """The vLLM gauges last read from a replica (empty when never read)."""
+        rec = self.replicas.get(name)
+        return rec.engine if rec is not None else {}
 
     # -- probing -------------------------------------------------------------------------
 
@@ -177,7 +186,9 @@ class Supervisor:
                 if r.status != 200:
                     return None
                 text = await r.read()
-                self.engine[ep.name] = engine_gauges(text)
+                rec = self.replicas.get(ep.name)
+                if rec is not None:
+                    rec.engine = engine_gauges(text)
                 return start_marker(text)
         except asyncio.CancelledError:
             raise
@@ -216,6 +227,9 @@ class Supervisor:
         waiting = False
         while True:
             if coord.warmed_elsewhere(ep.name):
+                rec = self.replicas.get(ep.name)
+                if rec is not None:
+                    rec.warmed_here = False
                 self.registry.warm_done(
                     ep.name, 0, {}, "warmed by another gateway replica (pod condition)"
                 )
@@ -254,6 +268,7 @@ class Supervisor:
                 return
         self._count("converged" if result.converged else "not_converged", started)
         if result.converged:
+            self._warmed_here(ep.name)
             why = (
                 f"warm: converged after {result.rounds} round(s), {result.requests} requests"
                 f" in {result.seconds:.1f} s"
@@ -267,8 +282,14 @@ class Supervisor:
         self.warmups[outcome] = self.warmups.get(outcome, 0) + 1
         self.warmup_seconds.observe(self.clock.now() - started)
 
+    def _warmed_here(self, name: str) -> None:
+        rec = self.replicas.get(name)
+        if rec is not None:
+            rec.warmed_here = True
+
     def _deadline(self, ep: Endpoint, why: str) -> None:
         if self.profile.on_deadline is OnDeadline.RAMP:
+            self._warmed_here(ep.name)
             self.registry.warm_done(ep.name, 0, {}, f"{why}; ramping anyway")
         else:
             self.registry.warm_failed(ep.name, f"{why}; held out")
@@ -311,19 +332,19 @@ class Supervisor:
                 return
             ok, why = False, f"/health failed: {_what(e)}"
             down = isinstance(e, aiohttp.ClientConnectorError)
-        if ep.state not in (State.RAMPING, State.READY, State.WARMING):
+        rec = self.replicas.get(ep.name)
+        if rec is None or ep.state not in (State.RAMPING, State.READY, State.WARMING):
             return
-        name = ep.name
         if not ok:
-            self._checks[name] = -1  # the next good answer reads its start time again
-            n = self._health_failures[name] = self._health_failures.get(name, 0) + 1
-            if down or n >= self.health.failures:
-                self._health_failures.pop(name, None)
+            rec.checks = -1  # the next good answer reads its start time again
+            rec.health_failures += 1
+            if down or rec.health_failures >= self.health.failures:
+                rec.health_failures = 0
                 self.registry.eject(ep, f"{why}; cold until proven warm", cold=True)
             return
-        self._health_failures.pop(name, None)
-        n = self._checks[name] = self._checks.get(name, 0) + 1
-        if n % self.health.metrics_every and ep.start_marker is not None:
+        rec.health_failures = 0
+        rec.checks += 1
+        if rec.checks % self.health.metrics_every and ep.start_marker is not None:
             return
         marker = await self.marker(ep)
         if marker is not None and ep.start_marker is not None and marker != ep.start_marker:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections import Counter, deque
 from collections.abc import Sequence
@@ -203,7 +204,8 @@ def test_round_robin_cycles_ignoring_load_and_weight() -> None:
     eps = [ready("a"), ready("b", inflight=100), ramping("c", 0.05)]
     r = one_pool(*eps)
     rng = random.Random(1)
-    seq = [pick(r, rng, NOW, naive=True) for _ in range(30)]
+    cursor = itertools.count()
+    seq = [pick(r, rng, NOW, cursor=cursor) for _ in range(30)]
     assert Counter(e.name for e in seq if e) == {"a": 10, "b": 10, "c": 10}
     assert seq[:3] * 10 == seq  # a fixed cycle
     assert len(set(seq[:3])) == 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from warmgw.core.lifecycle import State
 from warmgw.core.ramp import LatencyRamp, SlowStart
@@ -40,6 +41,7 @@ class Endpoint:
         "spec",
         "start_marker",
         "state",
+        "tickets",
         "url",
         "warm_reference",
         "warm_rounds",
@@ -55,6 +57,7 @@ class Endpoint:
         self.max_model_len: int | None = None
         self.start_marker: float | None = None  # process_start_time_seconds, when exported
         self.inflight = 0
+        self.tickets: set[Any] = set()  # the attempts in flight (core.routing.Ticket)
         self.requests = 0
         self.errors = 0
         self.consecutive_errors = 0
@@ -86,7 +89,7 @@ class Endpoint:
 class Group:
     """The routable endpoints of one pool for one model, and that pool's traffic share."""
 
-    __slots__ = ("endpoints", "full", "pool", "ramping", "rr", "share", "uniform")
+    __slots__ = ("endpoints", "full", "pool", "ramping", "share", "uniform")
 
     def __init__(self, pool: str, share: float, endpoints: tuple[Endpoint, ...]) -> None:
         self.pool = pool
@@ -96,7 +99,6 @@ class Group:
         self.full = tuple(e for e in endpoints if e.ramp is None)
         self.ramping = tuple(e for e in endpoints if e.ramp is not None)
         self.uniform = not self.ramping
-        self.rr = 0  # round-robin cursor, for the naive baseline
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from bisect import bisect_right
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from itertools import accumulate
 
 from warmgw.core.model import Endpoint, Group, Route
@@ -86,10 +86,9 @@ def least_loaded_split(
     return b if b.inflight * wa < a.inflight * wb else a
 
 
-def round_robin(group: Group) -> Endpoint:
+def round_robin(group: Group, turn: int) -> Endpoint:
     eps = group.endpoints
-    group.rr = (group.rr + 1) % len(eps)
-    return eps[group.rr]
+    return eps[turn % len(eps)]
 
 
 def pick(
@@ -97,9 +96,10 @@ def pick(
     rng: random.Random,
     now: float,
     exclude: Collection[Endpoint] = (),
-    naive: bool = False,
+    cursor: Iterator[int] | None = None,
 ) -> Endpoint | None:
-    """One endpoint for a request, or None when every candidate is excluded."""
+    """One endpoint for a request, or None when every candidate is excluded. With a
+    cursor (the naive baseline), round robin: the cursor's next turn."""
     group = choose_group(route, rng)
     eps: Sequence[Endpoint] = group.endpoints
     if exclude:
@@ -110,8 +110,8 @@ def pick(
                 return None
             eps = others
         return least_loaded(eps, False, rng, now)
-    if naive:
-        return round_robin(group)
+    if cursor is not None:
+        return round_robin(group, next(cursor))
     if group.uniform:
         return least_loaded(eps, True, rng, now)
     return least_loaded_split(group.full, group.ramping, rng, now)

@@ -65,14 +65,25 @@ class LatencyRamp:
         self.at = now  # when ratio was last updated
 
     def weight(self, now: float) -> float:
+        """The weight at `now`; reading it changes nothing (the picker, the metrics and the
+        page all read it)."""
+        t0 = self.t0
         if not self.growing:
             back = self._back_within(now)
             if back is None:
                 return self.w0
-            self.t0 = max(back, self.t0)  # the held ratio faded into tolerance: grow
-            self.growing = True
-        w: float = self.w0 * 2.0 ** ((now - self.t0) / self.p.doubling_time)
+            t0 = max(back, t0)  # the held ratio faded into tolerance: it grows from then
+        w: float = self.w0 * 2.0 ** ((now - t0) / self.p.doubling_time)
         return 1.0 if w >= 1.0 else w
+
+    def _settle(self, now: float) -> None:
+        """Record what time alone has done by `now`: a held ratio that faded back into
+        tolerance made the weight grow again from the moment it did."""
+        if not self.growing:
+            back = self._back_within(now)
+            if back is not None:
+                self.t0 = max(back, self.t0)
+                self.growing = True
 
     def ratio_at(self, now: float) -> float | None:
         """The smoothed ratio, its distance from 1 halved every doubling_time since the
@@ -98,6 +109,7 @@ class LatencyRamp:
 
     def observe(self, ratio: float, now: float) -> None:
         """Feed one latency ratio (endpoint / fleet, same request shape)."""
+        self._settle(now)
         a = self.p.ewma_alpha
         prior = self.ratio_at(now)
         self.ratio = ratio if prior is None else a * ratio + (1.0 - a) * prior

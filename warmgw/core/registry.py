@@ -1,18 +1,24 @@
-"""The registry: applies discovery diffs, lifecycle events and request outcomes to the
+"""The registry: applies discovery deltas, lifecycle events and request outcomes to the
 endpoints, and publishes an immutable snapshot of what is routable.
 
-Pure: no I/O. The edge (warmgw.supervisor) listens to transitions and runs the probes and
-warmups they call for; the proxy reads `snapshot` and reports outcomes.
+Pure: no I/O. Every transition is published as data (`transitions`, a core.events.Feed);
+the owners that react to them (warmgw.supervisor runs probes and warmups, the Kubernetes
+discovery patches the readiness gate, warmgw.replicas drops a gone replica's edge state)
+drain their inboxes later, never inside the call that caused the move. Front-ends read
+`snapshot` and report outcomes through core.routing tickets.
+
+Discovery reports deltas, each applied in O(1): add(spec), update(spec), remove(name).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from warmgw.core.clock import Clock
+from warmgw.core.events import Feed, Inbox
 from warmgw.core.lifecycle import ROUTABLE, State, check
 from warmgw.core.model import Endpoint, EndpointSpec, Group, Route, Snapshot
 from warmgw.core.policy import TrafficPolicy
@@ -68,11 +74,15 @@ class Registry:
         self.endpoints: dict[str, Endpoint] = {}
         self.fleet = FleetBaseline(params.fleet)
         self.warm_reference: dict[str, dict[str, float]] = {}  # model -> warm shape -> s
-        self.listeners: list[Callable[[Transition], None]] = []
+        self.transitions: Feed[Transition] = Feed()
         self.history: deque[Transition] = deque(maxlen=500)
         self.transitions_total: dict[State, int] = {}
         self._version = 0
         self._snapshot: Snapshot | None = None
+
+    def subscribe(self) -> Inbox[Transition]:
+        """An inbox of every transition from now on (see core.events)."""
+        return self.transitions.subscribe()
 
     # -- reading -----------------------------------------------------------------------
 
@@ -131,34 +141,49 @@ class Registry:
         t = Transition(ep.name, frm, to, reason, now)
         self.history.append(t)
         self.transitions_total[to] = self.transitions_total.get(to, 0) + 1
-        for listener in self.listeners:
-            listener(t)
+        self.transitions.publish(t)
 
     def set_policy(self, policy: TrafficPolicy) -> None:
         self.policy = policy
         self._changed()
 
+    def add(self, spec: EndpointSpec) -> Endpoint:
+        """Discovery lists a replica (new, or listed again): O(1)."""
+        ep = self.endpoints.get(spec.name)
+        if ep is None or ep.state is State.GONE:
+            ep = self.endpoints[spec.name] = Endpoint(spec, self.clock.now())
+            self._changed()
+            self._move(ep, State.PROBING, "discovered")
+            return ep
+        if ep.removed:
+            ep.removed = False
+            if ep.state is State.DRAINING:
+                self._move(ep, State.PROBING, "listed again")
+        if spec != ep.spec:
+            self._respec(ep, spec)
+        return ep
+
+    def remove(self, name: str) -> None:
+        """Discovery no longer lists a replica: it drains, and is gone once nothing is in
+        flight on it (now, if nothing is): O(1)."""
+        ep = self.endpoints.get(name)
+        if ep is None or ep.removed:
+            return
+        ep.removed = True
+        if ep.state is not State.DRAINING:
+            self._move(ep, State.DRAINING, "no longer listed")
+        if ep.inflight == 0:
+            self._move(ep, State.GONE, "drained")
+            del self.endpoints[name]
+
     def sync(self, specs: Iterable[EndpointSpec]) -> None:
-        """Make the registry match what discovery reports: add, update, drain."""
+        """Make the registry match a whole list (a source that only knows the whole list,
+        e.g. a config file): the deltas between it and what is known, then a tick."""
         desired = {s.name: s for s in specs}
-        for name, spec in desired.items():
-            ep = self.endpoints.get(name)
-            if ep is None or ep.state is State.GONE:
-                ep = self.endpoints[name] = Endpoint(spec, self.clock.now())
-                self._changed()
-                self._move(ep, State.PROBING, "discovered")
-                continue
-            if ep.removed:
-                ep.removed = False
-                if ep.state is State.DRAINING:
-                    self._move(ep, State.PROBING, "listed again")
-            if spec != ep.spec:
-                self._respec(ep, spec)
-        for name, ep in self.endpoints.items():
-            if name not in desired and not ep.removed:
-                ep.removed = True
-                if ep.state is not State.DRAINING:
-                    self._move(ep, State.DRAINING, "no longer listed")
+        for spec in desired.values():
+            self.add(spec)
+        for name in [n for n in self.endpoints if n not in desired]:
+            self.remove(name)
         self.tick()
 
     def _respec(self, ep: Endpoint, spec: EndpointSpec) -> None:

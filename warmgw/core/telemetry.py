@@ -13,18 +13,6 @@ LATENCY_BUCKETS: tuple[float, ...] = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 )
 
-ROUTES = {
-    "/v1/chat/completions": "chat",
-    "/v1/completions": "completions",
-    "/v1/embeddings": "embeddings",
-    "/v1/models": "models",
-}
-
-
-def route_of(path: str) -> str:
-    return ROUTES.get(path, "other")
-
-
 class Histogram:
     """Cumulative-at-export histogram: counts per bucket, a sum and a count."""
 

@@ -9,6 +9,11 @@ and one Lease per pod so that only one gateway replica warms it.
   conditions). The message records the restartCount it was warmed at, so a restarted pod
   is never taken for warm. It sets it back to False when it ejects the replica.
 - Other gateway replicas see the condition and ramp on their own measurements.
+
+Pod events reach the registry as deltas, one pod at a time (O(1) each); a relist after
+410 Expired is the difference from what was known. The Kubernetes client is made in
+start() (loading a kubeconfig is asynchronous): KubeApi holds it for everything built
+before.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from warmgw.core.lifecycle import State
 from warmgw.core.registry import Registry, Transition
 from warmgw.discovery.kwatch import Watcher
 from warmgw.discovery.pods import PodView, spec_of, view, warmed_patch
+from warmgw.replicas import Replica, Replicas
 
 log = logging.getLogger("warmgw.kubernetes")
 
@@ -51,6 +57,29 @@ def default_identity() -> str:
     return os.environ.get("POD_NAME") or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
 
 
+class KubeApi:
+    """The API client, made on start() from a kubeconfig or in-cluster, shared by the
+    discovery and the policy's ConfigMap store, closed on close()."""
+
+    def __init__(self, kubeconfig: str | None) -> None:
+        self.kubeconfig = kubeconfig
+        self._client: client.ApiClient | None = None
+
+    async def start(self) -> None:
+        if self._client is None:
+            self._client = await api_client(self.kubeconfig)
+
+    def __call__(self) -> client.ApiClient:
+        if self._client is None:
+            raise RuntimeError("the Kubernetes client is used before KubeApi.start()")
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()  # type: ignore[no-untyped-call]
+            self._client = None
+
+
 async def api_client(kubeconfig: str | None) -> client.ApiClient:
     """From a kubeconfig file, or in-cluster (service account) when none is given."""
     cfg = client.Configuration()
@@ -70,8 +99,9 @@ def _iso(t: datetime) -> str:
 class KubeDiscovery:
     def __init__(
         self,
-        api: client.ApiClient,
+        api: KubeApi,
         registry: Registry,
+        replicas: Replicas,
         namespace: str,
         label_selector: str,
         pool_label: str,
@@ -82,9 +112,9 @@ class KubeDiscovery:
         lease_duration: int = 15,
         watch_timeout: int = 300,
     ) -> None:
-        self.core = client.CoreV1Api(api)
-        self.coordination = client.CoordinationV1Api(api)
+        self.api = api
         self.registry = registry
+        self.replicas = replicas
         self.ns = namespace
         self.pool_label = pool_label
         self.port = port
@@ -93,73 +123,99 @@ class KubeDiscovery:
         self.readiness_gate = readiness_gate
         self.lease_duration = lease_duration
         self.pods: dict[str, PodView] = {}
-        self.holding: dict[str, asyncio.Task[None]] = {}  # pod -> lease renewal task
-        self.warmed_by_me: set[str] = set()
         self.patches = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._run: asyncio.Task[None] | None = None
         self.watcher = Watcher(
             f"pods {namespace}/{label_selector}",
-            self.core.list_namespaced_pod_without_preload_content,
+            self._list_pods,
             self._on_pods,
             watch_timeout=watch_timeout,
             namespace=namespace,
             label_selector=label_selector,
         )
-        registry.listeners.append(self._on_transition)
+
+    @property
+    def core(self) -> client.CoreV1Api:
+        return client.CoreV1Api(self.api())
+
+    @property
+    def coordination(self) -> client.CoordinationV1Api:
+        return client.CoordinationV1Api(self.api())
+
+    def _list_pods(self, **kwargs: Any) -> Any:
+        return self.core.list_namespaced_pod_without_preload_content(**kwargs)
 
     async def start(self) -> None:
         self._run = asyncio.create_task(self.watcher.run(), name="warmgw-k8s-pods")
 
     async def stop(self) -> None:
-        tasks = [t for t in (self._run, *self.holding.values(), *self._tasks) if t is not None]
+        leases = [r.lease for r in self.replicas.records.values() if r.lease is not None]
+        tasks = [t for t in (self._run, *leases, *self._tasks) if t is not None]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self.holding.clear()
+        for rec in self.replicas.records.values():
+            rec.lease = None
 
     # -- pods -> registry ----------------------------------------------------------------
 
-    def _on_pods(self, objects: dict[str, dict[str, Any]]) -> None:
-        views = {name: view(o, self.pool_label) for name, o in objects.items()}
-        for name, v in views.items():
+    def _on_pods(self, changed: dict[str, dict[str, Any] | None]) -> None:
+        """One delta per pod that changed: O(1) each."""
+        for name, obj in changed.items():
+            if obj is None:
+                self.pods.pop(name, None)
+                self.registry.remove(name)
+                continue
+            v = view(obj, self.pool_label)
             old = self.pods.get(name)
+            self.pods[name] = v
             if old is not None and v.restart_count > old.restart_count:
-                why = f"container restarted (restartCount {v.restart_count}); cold again"
-                ep = self.registry.endpoints.get(name)
-                if ep is not None:
-                    self.registry.eject(ep, why, cold=True)  # the listener resets the gate
-                if name in self.warmed_by_me:  # not ejected (e.g. draining): reset it here
-                    self.warmed_by_me.discard(name)
-                    self._spawn(self._patch(name, False, why))
-        self.pods = views
-        self.registry.sync(
-            spec_of(v, self.port, self.model) for v in views.values() if v.candidate
-        )
+                self._restarted(v)
+            if v.candidate:
+                self.registry.add(spec_of(v, self.port, self.model))
+            else:
+                self.registry.remove(name)
+
+    def _restarted(self, v: PodView) -> None:
+        why = f"container restarted (restartCount {v.restart_count}); cold again"
+        ep = self.registry.endpoints.get(v.name)
+        if ep is not None:
+            self.registry.eject(ep, why, cold=True)  # react() resets the gate
+        rec = self.replicas.get(v.name)
+        if rec is not None and rec.gate_warm and (ep is None or ep.state is State.DRAINING):
+            rec.gate_warm = False  # not ejected (draining): reset it here
+            self._spawn(self._patch(v.name, False, why))
 
     # -- who warms: the supervisor asks ----------------------------------------------------
 
+    def _holding(self, name: str) -> bool:
+        rec = self.replicas.get(name)
+        return rec is not None and rec.lease is not None
+
     def warmed_elsewhere(self, name: str) -> bool:
         v = self.pods.get(name)
-        return v is not None and v.warmed and name not in self.holding
+        return v is not None and v.warmed and not self._holding(name)
 
     async def acquire(self, name: str) -> bool:
         """Take the pod's warmup Lease (create it if missing); False if another holds it."""
-        if name in self.holding:
+        if self._holding(name):
             return True
         try:
             won = await self._take(f"warmgw-warm-{name}")
         except (ApiException, aiohttp.ClientError, TimeoutError, OSError) as e:
             log.info("pod %s: warmup lease not taken (%s)", name, e)
             return False
-        if won:
-            self.holding[name] = asyncio.create_task(self._renew(f"warmgw-warm-{name}"))
+        rec = self.replicas.get(name)
+        if won and rec is not None:
+            rec.lease = asyncio.create_task(self._renew(f"warmgw-warm-{name}"))
         return won
 
     def release(self, name: str) -> None:
-        task = self.holding.pop(name, None)
-        if task is not None:
-            task.cancel()
+        rec = self.replicas.get(name)
+        if rec is not None and rec.lease is not None:
+            rec.lease.cancel()
+            rec.lease = None
 
     async def _take(self, lease_name: str) -> bool:
         now = datetime.now(UTC)
@@ -217,14 +273,14 @@ class KubeDiscovery:
 
     # -- the readiness gate ------------------------------------------------------------------
 
-    def _on_transition(self, t: Transition) -> None:
+    def react(self, t: Transition, rec: Replica) -> None:
         if not self.readiness_gate:
             return
-        if t.frm is State.WARMING and t.to is State.RAMPING and t.name in self.holding:
-            self.warmed_by_me.add(t.name)
+        if t.frm is State.WARMING and t.to is State.RAMPING and rec.warmed_here:
+            rec.gate_warm = True
             self._spawn(self._patch(t.name, True, t.reason))
-        elif t.to is State.EJECTED and t.name in self.warmed_by_me:
-            self.warmed_by_me.discard(t.name)
+        elif t.to is State.EJECTED and rec.gate_warm:
+            rec.gate_warm = False
             self._spawn(self._patch(t.name, False, t.reason))
 
     def _spawn(self, coro: Any) -> None:

@@ -28,13 +28,15 @@ class ApiError(Exception):
 
 
 class Watcher:
-    """Keeps `objects` (name -> raw dict) current; calls on_change after each change."""
+    """Keeps `objects` (name -> raw dict) current; after each change calls on_change with
+    what changed: name -> the object as it is now, or None for one deleted. A watch event
+    is one name; a (re)list is the difference from what was known."""
 
     def __init__(
         self,
         what: str,
         list_call: ListCall,
-        on_change: Callable[[dict[str, dict[str, Any]]], None],
+        on_change: Callable[[dict[str, dict[str, Any] | None]], None],
         watch_timeout: int = 300,
         backoff_max: float = 30.0,
         **params: Any,
@@ -82,13 +84,19 @@ class Watcher:
             if resp.status != 200:
                 raise ApiError(f"LIST answered {resp.status}: {body[:200]!r}")
         data = json.loads(body)
-        self.objects = {o["metadata"]["name"]: o for o in data.get("items") or []}
+        listed = {o["metadata"]["name"]: o for o in data.get("items") or []}
+        changed: dict[str, dict[str, Any] | None] = {
+            name: None for name in self.objects if name not in listed}
+        for name, obj in listed.items():
+            if self.objects.get(name) != obj:
+                changed[name] = obj
+        self.objects = listed
         self.rv = data["metadata"]["resourceVersion"]
         self.lists += 1
         if not self.connected:
             log.info("%s: listed %d (resourceVersion %s)", self.what, len(self.objects), self.rv)
             self.connected = True
-        self.on_change(self.objects)
+        self.on_change(changed)
         self.synced.set()
 
     async def _watch(self) -> None:
@@ -128,12 +136,14 @@ class Watcher:
         name = meta.get("name")
         if not name:
             return
+        now: dict[str, Any] | None
         if kind in ("ADDED", "MODIFIED"):
-            self.objects[name] = obj
+            self.objects[name] = now = obj
         elif kind == "DELETED":
             self.objects.pop(name, None)
+            now = None
         else:
             return
         if rv:
             self.rv = rv
-        self.on_change(self.objects)
+        self.on_change({name: now})

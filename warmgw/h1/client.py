@@ -33,11 +33,14 @@ class OutOfFds(Exception):
 
 
 class Cut(Exception):
-    """The replica had the request and failed it. timeout: it went quiet."""
+    """The replica had the request and failed it. timeout: it went quiet. unanswered: the
+    request went out on a reused connection that closed or reset before any byte of the
+    response came back (the replica may have closed it as the request was being sent)."""
 
-    def __init__(self, why: str, timeout: bool = False) -> None:
+    def __init__(self, why: str, timeout: bool = False, unanswered: bool = False) -> None:
         super().__init__(why)
         self.timeout = timeout
+        self.unanswered = unanswered
 
 
 class Response(asyncio.Protocol):
@@ -49,6 +52,8 @@ class Response(asyncio.Protocol):
         self.loop = pool.loop
         self.transport: asyncio.Transport | None = None
         self.lost = False
+        self.reused = False  # this request is not the connection's first
+        self.answered = False  # a byte of the current response came back
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.length: int | None = None
@@ -78,6 +83,7 @@ class Response(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._last = self.loop.time()
+        self.answered = True
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as e:
@@ -97,7 +103,8 @@ class Response(asyncio.Protocol):
             self.pool.forget(self)
         if not self.done:
             why = str(exc) if exc else "the replica closed the connection"
-            self._fail(Cut(why or type(exc).__name__))
+            self._fail(Cut(why or type(exc).__name__,
+                           unanswered=self.reused and not self.answered))
 
     # -- llhttp callbacks -------------------------------------------------------------------
 
@@ -223,6 +230,8 @@ class Response(asyncio.Protocol):
             t.abort() if not self.done else t.close()
 
     def reset_for_reuse(self) -> None:
+        self.reused = True
+        self.answered = False
         self.status = 0
         self.headers = []
         self.length = None

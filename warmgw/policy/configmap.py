@@ -81,7 +81,7 @@ class ConfigMapStore:
         self.text = text
 
     async def start(self, apply: Callable[[PolicyState], None]) -> None:
-        def changed(objects: dict[str, dict[str, Any]]) -> None:
+        def changed(objects: dict[str, dict[str, Any] | None]) -> None:
             obj = objects.get(self.name)
             if obj is None:
                 return

@@ -1,0 +1,72 @@
+"""What a front-end extracts from a request once, cheaply (no tokenizer on the request
+path), and the refusals it answers without picking a replica."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from warmgw.core.stats import shape_key
+
+ROUTES = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "completions",
+    "/v1/embeddings": "embeddings",
+    "/v1/models": "models",
+}
+
+
+def route_of(path: str) -> str:
+    return ROUTES.get(path, "other")
+
+
+class RequestFacts:
+    """What a front-end extracts from a request once, cheaply (no tokenizer)."""
+
+    __slots__ = ("key", "max_tokens", "model", "prompt_bytes", "route", "stream")
+
+    def __init__(self, route: str, model: str | None, stream: bool, prompt_bytes: int,
+                 max_tokens: int) -> None:
+        self.route = route  # "chat", "completions", "embeddings", "models", "other"
+        self.model = model
+        self.stream = stream
+        self.prompt_bytes = prompt_bytes
+        self.max_tokens = max_tokens
+        self.key = shape_key(stream, prompt_bytes, max_tokens)
+
+
+class Refusal:
+    """Why no endpoint can be picked for a request, as the front-end should answer it."""
+
+    __slots__ = ("code", "message", "param", "retry", "status", "type")
+
+    def __init__(self, status: int, message: str, type_: str, code: str,
+                 param: str | None = None, retry: bool = False) -> None:
+        self.status = status
+        self.message = message
+        self.type = type_
+        self.code = code
+        self.param = param
+        self.retry = retry  # the answer may change soon (503): say Retry-After
+
+
+
+def from_json(path: str, obj: Any, body_bytes: int,
+              sole_model: str | None) -> RequestFacts | Refusal:
+    """The facts of a JSON request body (already parsed), or why it is refused (400).
+    sole_model: the one model the fleet serves, taken when the request names none."""
+    if not isinstance(obj, dict):
+        return Refusal(400, "request body must be a JSON object", "invalid_request_error",
+                       "invalid_json")
+    model = obj.get("model")
+    if model is None:
+        model = sole_model
+        if model is None:
+            return Refusal(400, "the request names no 'model'", "invalid_request_error",
+                           "missing_model", "model")
+    elif not isinstance(model, str):
+        return Refusal(400, f"'model' must be a string, got {model!r}",
+                       "invalid_request_error", "invalid_model", "model")
+    stream = obj.get("stream") is True
+    mt = obj.get("max_tokens") or obj.get("max_completion_tokens")
+    max_tokens = mt if type(mt) is int and mt > 0 else 16
+    return RequestFacts(route_of(path), model, stream, body_bytes, max_tokens)
