@@ -6,7 +6,7 @@ arrive. A client that disconnects cancels its handler, which closes the upstream
 connection, so vLLM aborts the request. In-flight counts are kept in `finally`.
 
 What a client sends is not trusted: the server enforces the limits on heads, bodies and
-slow senders (see warmgw.h1.server); here a body must be JSON (415 for another
+slow senders (see warmgw.h1.protocol); here a body must be JSON (415 for another
 Content-Type, 400 for bad JSON), and an `X-Request-Id` that is not printable ASCII of at
 most 128 characters is replaced, never passed on. A stream whose client stops reading is
 cut after clients.write_timeout.

@@ -1,0 +1,265 @@
+"""The answering half of a client connection: the request handed to the handler, and the
+response written back.
+
+The handler gets one Request at a time per connection, its whole body already read, and
+answers through the connection: respond() for a whole response in one write, or start(),
+write()s and end() for a stream (chunked for HTTP/1.1 clients, until the connection closes
+for HTTP/1.0 ones), with backpressure. Whatever it leaves unanswered gets a 500; a client
+that leaves cancels the handler, so the replica's work is cancelled too; a client that
+stops reading a response is cut after write_timeout (see _Stall).
+
+Reading, framing, the client limits and the order of pipelined requests are the
+protocol's (warmgw.h1.protocol.HttpProtocol, a subclass): one object per connection, so
+the request path takes no hop between the two halves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import struct
+import termios
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from typing import TYPE_CHECKING
+
+from warmgw import errors
+
+if TYPE_CHECKING:
+    from warmgw.h1.server import Server
+
+log = logging.getLogger("warmgw.server")
+
+REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+
+
+class Request:
+    __slots__ = ("body", "conn", "headers", "keep_alive", "method", "path", "target", "task",
+                 "version")
+
+    def __init__(self, conn: Connection, method: str, target: str,
+                 headers: list[tuple[bytes, bytes]], version: str) -> None:
+        self.conn = conn
+        self.method = method
+        self.target = target  # path and query, as sent
+        q = target.find("?")
+        self.path = target if q < 0 else target[:q]
+        self.headers = headers  # as received (bytes): passed on without decoding
+        self.version = version
+        self.keep_alive = True
+        self.body = b""
+        self.task: asyncio.Task[None] | None = None
+
+    def get(self, name: bytes) -> str | None:
+        """The first header of that (lower-case) name, compared without case."""
+        for k, v in self.headers:
+            if k.lower() == name:
+                return v.decode("latin-1")
+        return None
+
+
+Handler = Callable[[Request], Awaitable[None]]
+
+
+class Connection(asyncio.Protocol):
+    """One client connection, as the handler sees it. The handler answers through
+    respond() or start()/write()/end(); whatever it leaves unanswered gets a 500.
+
+    The protocol subclass calls _run() with each request in its turn; _next() is its
+    answer to a request being done."""
+
+    __slots__ = ("_answered", "_chunked", "_drain", "_write_paused", "closing", "current",
+                 "limits", "loop", "server", "transport")
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.limits = server.limits
+        self.loop = server.loop
+        self.transport: asyncio.Transport | None = None
+        self.closing = False
+        self.current: Request | None = None  # the request being answered
+        self._answered = False  # the current response has begun
+        self._chunked = False
+        self._drain: asyncio.Future[None] | None = None
+        self._write_paused = False
+
+    # -- asyncio.Protocol: the write side ---------------------------------------------------
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        if self.current is not None and self.current.task is not None:
+            self.current.task.cancel()  # the client left: its request is dropped upstream
+        d = self._drain
+        if d is not None and not d.done():
+            d.set_exception(ConnectionResetError("the client closed the connection"))
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        d = self._drain
+        if d is not None and not d.done():
+            d.set_result(None)
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def _run(self, req: Request) -> None:
+        self.current = req
+        self._answered = False
+        req.task = self.loop.create_task(self._handle(req))
+
+    async def _handle(self, req: Request) -> None:
+        try:
+            await self.server.handler(req)
+        except asyncio.CancelledError:
+            self.abort()
+            raise
+        except Exception:
+            log.exception("error handling %s %s", req.method, req.path)
+            if self._answered:
+                self.abort()  # a response under way cannot be finished
+        if not self._answered and not self.closing:
+            self.respond(500, [(b"Content-Type", b"application/json")],
+                         errors.body("internal error in the gateway", "internal_error"))
+        self._next()
+
+    def _next(self) -> None:
+        """The current request is done: take the next one, wait for one, or close."""
+        raise NotImplementedError
+
+    # -- answering --------------------------------------------------------------------------
+
+    def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes,
+                close: bool = False) -> None:
+        """A whole response in one write."""
+        req = self.current
+        t = self.transport
+        if t is None or self.closing:
+            return
+        self._answered = True
+        keep = req is not None and req.keep_alive and not close and not self.server.stopping
+        if req is not None and not keep:
+            req.keep_alive = False
+        head = self._head(status, headers, keep)
+        head.append(b"Content-Length: %d\r\n\r\n" % len(body))
+        if req is None or req.method != "HEAD":
+            head.append(body)
+        t.write(b"".join(head))
+
+    def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        """Begin a response whose body follows in write() calls: chunked for HTTP/1.1
+        clients, until the connection closes for HTTP/1.0 ones."""
+        req = self.current
+        t = self.transport
+        if t is None or self.closing:
+            raise ConnectionResetError("the client closed the connection")
+        self._answered = True
+        chunked = req is None or req.version != "1.0"
+        keep = req is not None and req.keep_alive and chunked and not self.server.stopping
+        if req is not None and not keep:
+            req.keep_alive = False
+        self._chunked = chunked
+        head = self._head(status, headers, keep)
+        head.append(b"Transfer-Encoding: chunked\r\n\r\n" if chunked else b"\r\n")
+        t.write(b"".join(head))
+
+    async def write(self, data: bytes) -> None:
+        t = self.transport
+        if t is None or self.closing:
+            raise ConnectionResetError("the client closed the connection")
+        if self._chunked:
+            t.write(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            t.write(data)
+        if self._write_paused:
+            d = self._drain = self.loop.create_future()
+            stall = _Stall(self)
+            try:
+                await d
+            finally:
+                self._drain = None
+                stall.stop()
+
+    def end(self) -> None:
+        t = self.transport
+        if t is None or self.closing:
+            raise ConnectionResetError("the client closed the connection")
+        if self._chunked:
+            t.write(b"0\r\n\r\n")
+
+    def abort(self) -> None:
+        """Drop the connection without a word (a body that cannot be finished)."""
+        self.closing = True
+        if self.current is not None:
+            self.current.keep_alive = False
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _head(self, status: int, headers: list[tuple[bytes, bytes]],
+              keep: bool) -> list[bytes]:
+        reason = REASONS.get(status, b"Unknown")
+        out = [b"HTTP/1.1 %d %b\r\n" % (status, reason)]
+        for k, v in headers:
+            out.append(b"%b: %b\r\n" % (k, v))
+        out.append(self.server.date_line())
+        if not keep:
+            out.append(b"Connection: close\r\n")
+        return out
+
+
+class _Stall:
+    """Watches a write that waits for the client's socket to drain, and cuts the
+    connection when nothing of what is queued for the client (the transport's buffer and
+    the kernel's send queue) has gone out for clients.write_timeout. Without it a client
+    that stops reading a stream would hold the handler, the upstream connection and the
+    replica's generation for as long as the replica produces. A slow reader is not cut:
+    its queue keeps shrinking. Only a write that has to wait starts one."""
+
+    __slots__ = ("conn", "queued", "since", "timeout", "timer")
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.timeout = conn.limits.write_timeout
+        self.since = conn.loop.time()  # when the queue last shrank (or the wait began)
+        self.queued = _queued(conn.transport) if conn.transport is not None else 0
+        self.timer: asyncio.TimerHandle | None = conn.loop.call_later(
+            self.timeout / 2, self._check)
+
+    def _check(self) -> None:
+        conn = self.conn
+        transport = conn.transport
+        if transport is None or conn.closing:
+            self.timer = None
+            return
+        now = conn.loop.time()
+        queued = _queued(transport)
+        if queued < self.queued:
+            self.since = now
+        self.queued = queued
+        if now - self.since >= self.timeout:
+            log.info("a client read nothing for %.1f s (%d bytes queued for it): "
+                     "connection cut", now - self.since, queued)
+            self.timer = None
+            transport.abort()  # connection_lost follows: the handler and its write cancelled
+            return
+        self.timer = conn.loop.call_later(self.timeout / 2, self._check)
+
+    def stop(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
+def _queued(transport: asyncio.Transport) -> int:
+    """Bytes written for the client and not yet taken by it: the transport's buffer and
+    the kernel's send queue (SIOCOUTQ)."""
+    n = transport.get_write_buffer_size()
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            n += struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+        except OSError:
+            pass
+    return n
