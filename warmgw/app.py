@@ -121,15 +121,14 @@ class Gateway:
         self.supervisor = Supervisor(self.registry, self.replicas, self.control_session,
                                      self.warmer, cfg.warmup, cfg.health, clock,
                                      coordinator=self.kube)
-        reactions: list[Reaction] = [self.supervisor]
+        self.cutover = CutoverDriver(self.bluegreen, self.registry, self.router, self.warmer,
+                                     cfg.cutover, clock)
+        self.pool = Pool(up.connect_timeout, up.read_timeout, UPSTREAM_KEEPALIVE)
+        self.proxy = Proxy(self.router, self.pool, up, rng)
+        reactions: list[Reaction] = [self.supervisor, self.proxy]
         if self.kube is not None:
             reactions.append(self.kube)
         self.replicas.react_with(reactions)
-        self.cutover = CutoverDriver(self.bluegreen, self.registry, self.router, self.warmer,
-                                     cfg.cutover, clock)
-
-        self.pool = Pool(up.connect_timeout, up.read_timeout, UPSTREAM_KEEPALIVE)
-        self.proxy = Proxy(self.router, self.pool, up, rng)
         collectors = metrics.registry_for(
             metrics.GatewayCollector(self.registry, self.bluegreen, self.router.stats,
                                      self.supervisor),

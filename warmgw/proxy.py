@@ -24,10 +24,13 @@ from urllib.parse import urlsplit
 from warmgw import errors
 from warmgw.config import UpstreamParams
 from warmgw.core.facts import Refusal, RequestFacts, from_json, route_of
+from warmgw.core.lifecycle import State
 from warmgw.core.model import Endpoint, Route, Snapshot
+from warmgw.core.registry import Transition
 from warmgw.core.routing import Failure, Router, Ticket
 from warmgw.h1.client import Cut, NotConnected, OutOfFds, Pool, Response
 from warmgw.h1.server import Connection, Request
+from warmgw.replicas import Replica
 
 log = logging.getLogger("warmgw.proxy")
 
@@ -139,9 +142,15 @@ class Proxy:
             host = parts.hostname or "127.0.0.1"
             port = parts.port or 80
             a = self._addr[url] = (host, port, parts.netloc.encode())
-            if len(self._addr) > 100_000:  # replicas come and go; keep it bounded
-                self._addr.clear()
         return a
+
+    def react(self, t: Transition, rec: Replica) -> None:
+        """A replica that is gone leaves nothing here: its idle pooled connections are
+        closed and its address forgotten."""
+        if t.to is State.GONE:
+            a = self._addr.pop(t.url, None)
+            if a is not None:
+                self.pool.close_address(a[0], a[1])
 
     async def _send(self, req: Request, route: Route, rid: str, facts: RequestFacts) -> None:
         tried: list[Endpoint] = []

@@ -59,6 +59,7 @@ class Transition:
     to: State
     reason: str
     at: float
+    url: str = field(default="", compare=False)  # where the replica was, for the edges
 
 
 class UnknownEndpoint(KeyError):
@@ -138,7 +139,7 @@ class Registry:
             ep.ejections = 0  # backoff starts over once it proved itself
         if frm in ROUTABLE or to in ROUTABLE or to is State.GONE:
             self._changed()
-        t = Transition(ep.name, frm, to, reason, now)
+        t = Transition(ep.name, frm, to, reason, now, ep.url)
         self.history.append(t)
         self.transitions_total[to] = self.transitions_total.get(to, 0) + 1
         self.transitions.publish(t)
