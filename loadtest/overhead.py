@@ -1,17 +1,30 @@
 """The gateway's overhead: the same load sent straight to a replica and through warmgw.
 
-    .venv/bin/python -m loadtest.overhead [--quick] [--requests N] [--concurrency 1,16,64]
+    .venv/bin/python -m loadtest.overhead [--quick] [--requests N] [--rounds N]
+        [--concurrency 1,16,64] [--prompt-bytes N] [--compare-src DIR] [--peers a,b|'']
 
 Four processes: a simulated replica with near-zero latency, the gateway (`python -m warmgw
-serve`), the peer proxies that are installed (nginx, HAProxy, Envoy, vllm-router,
-sglang-router: see loadtest.peers and scripts/install-peers.sh), and an aiohttp load
-generator; this one only orchestrates. For each mode (JSON, stream) and concurrency, the
-requests of each target are split into rounds, and the targets take turns round by round
-(the order rotating) so that a noisy machine slows them alike. Reported per target:
-req/s, p50/p99 latency, the added latency over direct, and CPU microseconds per request
-from /proc/PID/stat of the proxy's processes (the replica's and load generator's CPU are
-not in that figure); req/s and CPU per request also as ratios to the gateway's, measured
-in the same rounds.
+serve`, from this source tree), the peer proxies that are installed (nginx, HAProxy,
+Envoy, vllm-router, sglang-router: see loadtest.peers and scripts/install-peers.sh), and
+an aiohttp load generator; this one only orchestrates. For each cell (mode JSON or stream,
+concurrency) the requests of each target are split into rounds, and the targets take turns
+round by round (the order rotating) so that a noisy machine slows them alike. Reported per
+target: req/s, p50/p99 latency, the added latency over direct, and CPU microseconds per
+request of the proxy's processes (the replica's and load generator's CPU are not in that
+figure): the median of the rounds' figures, each read in nanoseconds from
+/proc/PID/task/*/schedstat (every thread of the process and its descendants); req/s and
+CPU per request also as ratios to the gateway's, CPU as the median of the ratios of the
+same rounds.
+
+--compare-src DIR runs the warmgw package of another source tree (a git checkout of the
+reference commit, or `git archive` unpacked) as one more target, and the report gives,
+cell by cell, this tree's CPU per request over that tree's (median of the rounds' ratios),
+naming both commits. The project's standard for such a comparison: 20,000 requests per
+cell or more (--requests, the default) in 5 rounds or more (--rounds, the default); a run
+below it says so. Caveat: a thread that exits within a round takes its time in that round
+with it (its schedstat file is gone; /proc/PID/schedstat is the main thread's alone); the
+processes' CPU clocks keep it, so they are read too, and a cell whose thread figures fall
+over 1 % short of them is marked "!" in the CPU column (cpu_missed in the JSON).
 
 Writes loadtest/results/overhead.json. Exit status 1 if a request to the replica or the
 gateway failed or the time limit cut the run short. A peer that fails to start, exits, or
@@ -23,10 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +44,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from loadtest import overhead_meta
 from loadtest.driver import LoadGen
 from loadtest.peers import PEERS
 from loadtest.procs import (
@@ -41,12 +52,14 @@ from loadtest.procs import (
     Child,
     ChildFailed,
     Children,
-    cpu_seconds,
+    CpuReading,
+    cpu_between,
     host_cpu,
+    read_cpu,
     run_main,
     running,
 )
-from loadtest.report import table
+from loadtest.report import compare_table, table
 from loadtest.stats import Run, summarise
 from loadtest.targets import ReplicaSpec, Target, Unavailable, gateway_starter, start_replica
 
@@ -58,16 +71,17 @@ WORDS = "the quick brown fox jumps over the lazy dog and then some more words to
 
 @dataclass(frozen=True)
 class Options:
-    requests: int = 4000  # per (mode, concurrency, target), split over the rounds
-    rounds: int = 4
+    requests: int = overhead_meta.STANDARD_REQUESTS  # per cell and target, over the rounds
+    rounds: int = overhead_meta.STANDARD_ROUNDS
     concurrency: tuple[int, ...] = (1, 16, 64)
     stream: bool = True  # also run the streaming variant
     warmup: int | None = None  # per run; None: max(2 c, 100), or max(c, 10) when quick
     max_tokens: int = 8
-    prompt_words: int = 16  # ~6 bytes a word; the simulator counts a token per word
+    prompt_words: int = 16  # ~5 bytes a word; the simulator counts a token per word
+    prompt_bytes: int | None = None  # instead of prompt_words: a prompt of exactly N bytes
     strategy: str = "warm"
     peers: tuple[str, ...] = tuple(PEERS)
-    time_limit: float = 900.0  # the whole benchmark
+    time_limit: float = 3600.0  # the whole benchmark
     run_limit: float = 60.0  # one run
     out: Path = RESULTS / "overhead.json"
     profile: str | None = None  # "cprofile": the gateway runs under cProfile
@@ -81,6 +95,21 @@ class Options:
             return self.warmup
         return max(c, 10) if self.quick else max(2 * c, 100)
 
+    def prompt(self) -> str:
+        return prompt_text(self.prompt_words, self.prompt_bytes)
+
+
+def prompt_text(words: int, nbytes: int | None = None) -> str:
+    """`words` words, or as many as make exactly nbytes bytes (the last one cut short)."""
+    if nbytes is None:
+        return " ".join(WORDS[i % len(WORDS)] for i in range(words))
+    out: list[str] = []
+    size = -1
+    while size < nbytes:
+        out.append(WORDS[len(out) % len(WORDS)])
+        size += len(out[-1]) + 1
+    return " ".join(out)[:nbytes]
+
 
 QUICK: dict[str, Any] = {"requests": 40, "rounds": 2, "time_limit": 25.0, "run_limit": 5.0}
 
@@ -88,8 +117,9 @@ QUICK: dict[str, Any] = {"requests": 40, "rounds": 2, "time_limit": 25.0, "run_l
 def parse_args(argv: list[str] | None) -> Options:
     p = argparse.ArgumentParser(prog="python -m loadtest.overhead", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--requests", type=int, help="per mode, concurrency and target (4000)")
-    p.add_argument("--rounds", type=int, help="interleaved rounds per cell (4)")
+    p.add_argument("--requests", type=int,
+                   help="per mode, concurrency and target, over the rounds (20000)")
+    p.add_argument("--rounds", type=int, help="interleaved rounds per cell (5)")
     p.add_argument("--concurrency", default="1,16,64", help="comma-separated (1,16,64)")
     p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True,
                    help="also run streaming requests (default on)")
@@ -97,10 +127,13 @@ def parse_args(argv: list[str] | None) -> Options:
     p.add_argument("--max-tokens", type=int, default=8)
     p.add_argument("--prompt-words", type=int, default=16,
                    help="prompt size in words (16); the replica accepts up to 4096 tokens")
+    p.add_argument("--prompt-bytes", type=int, metavar="N",
+                   help="a prompt of N bytes instead (e.g. 8192: about 1,700 words)")
     p.add_argument("--strategy", default="warm", choices=["warm", "round_robin"])
     p.add_argument("--peers", default=",".join(PEERS),
-                   help=f"peer proxies to try if installed ({','.join(PEERS)}; 'none')")
-    p.add_argument("--time-limit", type=float, help="seconds for the whole benchmark (900)")
+                   help=f"peer proxies to try if installed ({','.join(PEERS)}; "
+                        "'none' or '' for none)")
+    p.add_argument("--time-limit", type=float, help="seconds for the whole benchmark (3600)")
     p.add_argument("--run-limit", type=float, help="seconds for one run (60)")
     p.add_argument("--out", type=Path, default=RESULTS / "overhead.json")
     p.add_argument("--profile", choices=["cprofile"],
@@ -129,7 +162,7 @@ def parse_args(argv: list[str] | None) -> Options:
     }
     opts = replace(
         opts, concurrency=conc, stream=a.stream, max_tokens=a.max_tokens,
-        prompt_words=a.prompt_words, strategy=a.strategy,
+        prompt_words=a.prompt_words, prompt_bytes=a.prompt_bytes, strategy=a.strategy,
         peers=peers, out=a.out, profile=a.profile, py_spy=a.py_spy,
         py_spy_native=a.py_spy_native,
         compare_src=a.compare_src.resolve() if a.compare_src else None,
@@ -137,8 +170,12 @@ def parse_args(argv: list[str] | None) -> Options:
     )
     if not conc or min(conc) < 1 or opts.requests < opts.rounds or opts.rounds < 1:
         p.error("need concurrency >= 1, rounds >= 1 and requests >= rounds")
-    if not 1 <= opts.prompt_words <= 4000 - opts.max_tokens or opts.max_tokens < 1:
-        p.error("need 1 <= --prompt-words <= 4000 - --max-tokens, and --max-tokens >= 1")
+    if opts.prompt_bytes is not None and opts.prompt_bytes < 1:
+        p.error(f"--prompt-bytes: expected a size >= 1, got {opts.prompt_bytes}")
+    words = len(opts.prompt().split())
+    if not 1 <= words <= 4000 - opts.max_tokens or opts.max_tokens < 1:
+        p.error(f"need a prompt of 1 to 4000 - --max-tokens words (got {words}), "
+                "and --max-tokens >= 1")
     return opts
 
 
@@ -154,8 +191,7 @@ class Bench:
     opts: Options
 
     def measure(self, target: Target, mode: str, c: int, n: int, rnd: int) -> Run:
-        prompt = " ".join(WORDS[i % len(WORDS)] for i in range(self.opts.prompt_words))
-        body = {"model": "tiny", "prompt": prompt, "max_tokens": self.opts.max_tokens,
+        body = {"model": "tiny", "prompt": self.opts.prompt(), "max_tokens": self.opts.max_tokens,
                 "stream": mode == "stream"}
         spec = {"url": target.url, "path": PATH, "body": body, "stream": mode == "stream",
                 "concurrency": c, "warmup": self.opts.warmup_for(c), "requests": n,
@@ -163,23 +199,25 @@ class Bench:
         roles = {"target": target.pids, "replica": self.replica.pids,
                  "loadgen": (self.loadgen.child.pid,)}
 
-        def probe() -> dict[str, float]:
-            out = {role: cpu_seconds(pids) for role, pids in roles.items()}
-            out["host_busy"], out["host_all"] = host_cpu()
-            out["bench"] = time.process_time()  # this process, probing
-            return out
+        def probe() -> tuple[dict[str, CpuReading], dict[str, float]]:
+            busy, everything = host_cpu()
+            cpu = {role: read_cpu(pids) for role, pids in roles.items()}
+            return cpu, {"host_busy": busy, "host_all": everything,
+                         "bench": time.process_time()}  # this process, probing
 
         done, before, after = self.loadgen.measure(spec, probe, self.opts.run_limit + 30.0)
-        delta = {k: after[k] - before[k] for k in after}
-        ours = delta["target"] + delta["loadgen"] + delta["bench"]
-        ours += delta["replica"] if target.proxy else 0.0
+        got = {role: cpu_between(before[0][role], after[0][role]) for role in roles}
+        delta = {k: after[1][k] - before[1][k] for k in after[1]}
+        ours = got["target"][0] + got["loadgen"][0] + delta["bench"]
+        ours += got["replica"][0] if target.proxy else 0.0
         return Run(
             target=target.name, mode=mode, concurrency=c, round=rnd, elapsed=done["elapsed"],
             lat_us=tuple(done["lat_us"]), ttfb_us=tuple(done["ttfb_us"]),
             errors=done["errors"] + done["warmup_errors"],
             error_samples=tuple(done["error_samples"] + done["warmup_error_samples"]),
             truncated=done["truncated"],
-            cpu={role: delta[role] for role in roles},
+            cpu={role: on_cpu for role, (on_cpu, _) in got.items()},
+            cpu_missed={role: missed for role, (_, missed) in got.items()},
             others_cpu=max(0.0, delta["host_busy"] - ours),
             host_cpu=delta["host_all"],
         )
@@ -217,17 +255,17 @@ def peer_failure(target: Target, run: Run) -> str | None:
 
 
 def start_targets(
-    kids: Children, opts: Options
+    kids: Children, opts: Options, compare: str | None = None
 ) -> tuple[Target, list[Target], dict[str, str]]:
     """The replica, every target to measure (the replica first), and the peers missing."""
     replica = start_replica(kids, ReplicaSpec(max_tokens=opts.max_tokens))
     wrap = None
     if opts.profile == "cprofile":
         wrap = ["-m", "cProfile", "-o", str(opts.out.with_name("gateway.prof"))]
-    starters = [gateway_starter(kids.workdir, opts.strategy, wrap)]
+    # this tree's warmgw, whatever else the environment would import
+    starters = [gateway_starter(kids.workdir, opts.strategy, wrap, src=REPO)]
     if opts.compare_src is not None:
-        name = f"warmgw@{opts.compare_src.name}"
-        starters.append(gateway_starter(kids.workdir, opts.strategy, name=name,
+        starters.append(gateway_starter(kids.workdir, opts.strategy, name=compare or "compare",
                                         src=opts.compare_src))
     starters += [PEERS[name] for name in opts.peers]
     targets = [replica]
@@ -247,10 +285,12 @@ def run(opts: Options) -> dict[str, Any]:
     runs: list[Run] = []
     incomplete = False
     opts.out.parent.mkdir(parents=True, exist_ok=True)
+    cmp_tree = overhead_meta.tree(opts.compare_src) if opts.compare_src else None
+    cmp_name = f"warmgw@{overhead_meta.tree_label(cmp_tree)}" if cmp_tree else None
     with tempfile.TemporaryDirectory(prefix="warmgw-overhead-") as tmp, Children(
         Path(tmp)
     ) as kids:
-        replica, targets, unavailable = start_targets(kids, opts)
+        replica, targets, unavailable = start_targets(kids, opts, cmp_name)
         argv = [sys.executable, "-m", "loadtest.loadgen"]
         loadgen = LoadGen(kids.start("loadgen", argv, pipes=True, cwd=REPO))
         spy = _start_py_spy(kids, opts, targets[1])
@@ -274,15 +314,18 @@ def run(opts: Options) -> dict[str, Any]:
         finally:
             if spy is not None:
                 spy.stop()  # SIGINT: py-spy writes its file
+    if cmp_tree is not None:
+        cmp_tree["target"] = cmp_name
     return {
-        "meta": _meta(opts, time.monotonic() - t0, incomplete),
+        "meta": _meta(opts, time.monotonic() - t0, incomplete, cmp_tree),
         "targets": [{"name": t.name, "url": t.url, "proxy": t.proxy} for t in targets]
         + [{"name": k, "note": v} for k, v in unavailable.items()],
         "unavailable": unavailable,
         "dropped": dropped,
         "peers": sorted(peers),
-        "summary": summarise(runs, gateway=targets[1].name),
-        "runs": [_run_json(r) for r in runs],
+        "gateway": targets[1].name,
+        "summary": summarise(runs, gateway=targets[1].name, compare=cmp_name),
+        "runs": [overhead_meta.run_json(r) for r in runs],
     }
 
 
@@ -297,54 +340,16 @@ def _start_py_spy(kids: Children, opts: Options, gateway: Target) -> Child | Non
     return kids.start("py-spy", argv, stop_signal=signal.SIGINT, grace=20.0)
 
 
-def _run_json(r: Run) -> dict[str, Any]:
-    d = asdict(r)
-    del d["lat_us"], d["ttfb_us"]
-    d["completed"] = r.completed
-    d["cpu_us_per_req"] = {k: round(v * 1e6 / r.completed, 1) if r.completed else None
-                           for k, v in r.cpu.items()}
-    return d
-
-
-def _meta(opts: Options, elapsed: float, incomplete: bool) -> dict[str, Any]:
-    import aiohttp
-
+def _meta(opts: Options, elapsed: float, incomplete: bool,
+          compare: dict[str, Any] | None) -> dict[str, Any]:
     d = asdict(opts)
     d["out"] = str(opts.out)
     d["compare_src"] = str(opts.compare_src) if opts.compare_src else None
-    with open("/proc/loadavg") as f:
-        loadavg = f.read().split()[:3]
-    return {
-        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "options": d,
-        "elapsed_s": round(elapsed, 1),
-        "incomplete": incomplete,
-        "cpus": os.cpu_count(),
-        "loadavg_after": loadavg,
-        "clk_tck": CLK_TCK,
-        "git": _git(),
-        "python": platform.python_version(),
-        "aiohttp": aiohttp.__version__,
+    d["prompt_chars"] = len(opts.prompt())
+    return overhead_meta.meta(d, elapsed, incomplete, REPO, compare, CLK_TCK) | {
         "replica": asdict(ReplicaSpec(max_tokens=opts.max_tokens)) | {"ttft": 0, "itl": 0},
         "profiled": bool(opts.profile or opts.py_spy),
-        "cpu_source": "/proc/PID/stat utime+stime, process and descendants",
     }
-
-
-def _git() -> dict[str, Any]:
-    """The commit measured, and the files under warmgw/ changed from it (what ran)."""
-
-    def git(*args: str) -> str:
-        try:
-            out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
-                                 timeout=10, check=True)
-        except (OSError, subprocess.SubprocessError):
-            return ""
-        return out.stdout.rstrip("\n")  # keep the leading blank of " M file"
-
-    changed = git("status", "--porcelain", "--", "warmgw")
-    return {"commit": git("rev-parse", "HEAD"),
-            "warmgw_changes": [line[3:] for line in changed.splitlines()]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -356,14 +361,24 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     opts.out.write_text(json.dumps(results, indent=1) + "\n")
     m = results["meta"]
+    prompt = (f"{opts.prompt_bytes} bytes" if opts.prompt_bytes is not None
+              else f"{opts.prompt_words} words")
     print(
-        f"warmgw overhead: 1 sim replica (ttft 0, itl 0, max_tokens {opts.max_tokens}, "
-        f"prompt {opts.prompt_words} words), "
+        f"warmgw overhead: tree {overhead_meta.tree_label(m['git'])}, 1 sim replica (ttft 0, "
+        f"itl 0, max_tokens {opts.max_tokens}, prompt {prompt}), "
         f"strategy {opts.strategy}, {opts.requests} requests per cell in {opts.rounds} "
         f"interleaved rounds, {m['cpus']} CPUs, {m['elapsed_s']} s"
         + (" [PROFILED: not comparable]" if m["profiled"] else "")
     )
+    if not m["meets_cpu_standard"]:
+        print(f"(below the standard for a CPU comparison: "
+              f"{overhead_meta.STANDARD_REQUESTS} requests per cell in "
+              f"{overhead_meta.STANDARD_ROUNDS} rounds or more)")
     print(table(results["summary"], results["unavailable"] | results["dropped"]))
+    if m["compare"] is not None:
+        print()
+        print(compare_table(results["summary"], results["gateway"],
+                            overhead_meta.tree_label(m["git"]), m["compare"]))
     print(f"wrote {opts.out}")
     peers = set(results["peers"])
     for r in results["summary"]:

@@ -11,6 +11,7 @@ COLUMNS = (  # name, alignment
     ("proxy CPU us/req", ">"), ("CPU x gw", ">"), ("replica CPU us/req", ">"),
     ("others cores", ">"), ("errors", ">"),
 )
+MISSED = 0.01
 
 
 def _f(x: Any, fmt: str = ".2f", signed: bool = False) -> str:
@@ -19,6 +20,11 @@ def _f(x: Any, fmt: str = ".2f", signed: bool = False) -> str:
     if isinstance(x, float | int):
         return format(x, ("+" if signed else "") + fmt)
     return str(x)
+
+
+def _missed(row: Mapping[str, Any]) -> bool:
+    """The per-thread CPU figures missed over 1 % of the target's CPU (threads exited)."""
+    return (row.get("cpu_missed_share") or 0.0) > MISSED
 
 
 def _cells(row: Mapping[str, Any]) -> list[str]:
@@ -35,7 +41,7 @@ def _cells(row: Mapping[str, Any]) -> list[str]:
         _f(row["p99_ms"], ".3f"),
         _f(row.get("added_p50_ms"), ".3f", signed=True),
         _f(row.get("added_p99_ms"), ".3f", signed=True),
-        _f(cpu.get("target") if proxy else None, ".0f"),
+        _f(cpu.get("target") if proxy else None, ".0f") + ("!" if _missed(row) else ""),
         _f(row.get("cpu_vs_gateway")),
         _f(cpu.get("replica"), ".0f"),
         _f(row.get("others_cores")),
@@ -67,12 +73,51 @@ def table(rows: Sequence[Mapping[str, Any]], unavailable: Mapping[str, str]) -> 
         lines.append(f"{name}: {note}")
     lines.append(
         "x direct, x gw: req/s over direct's, over the gateway's; CPU x gw: proxy CPU per "
-        "request over the gateway's"
+        "request over the gateway's, median of the rounds' ratios"
     )
     lines.append(
-        "proxy CPU: the proxy's processes only; others cores: CPU that processes outside "
-        "the benchmark used meanwhile (noise)"
+        "proxy CPU: the proxy's processes only (schedstat ns, median of the rounds); others "
+        "cores: CPU that processes outside the benchmark used meanwhile (noise)"
     )
+    if any(_missed(r) for r in rows):
+        lines.append(f"! threads that exited took over {MISSED:.0%} of the proxy's CPU "
+                     "with them: the figure is low (see cpu_missed in the JSON)")
     if any(r.get("truncated") for r in rows):
         lines.append("* the time limit cut this cell short")
     return "\n".join(lines)
+
+
+def compare_table(
+    rows: Sequence[Mapping[str, Any]], gateway: str, this: str, other: Mapping[str, Any]
+) -> str:
+    """Cell by cell, the gateway's proxy CPU per request over the compare tree's: the
+    median of the rounds' ratios, and each round's."""
+    name = str(other["target"])
+    by_cell = {(r["mode"], r["concurrency"], r["target"]): r for r in rows}
+    head = ["mode", "c", f"{gateway} us/req", f"{name} us/req", "ratio", "rounds"]
+    body = []
+    for r in rows:
+        if r["target"] != gateway:
+            continue
+        ref = by_cell.get((r["mode"], r["concurrency"], name), {})
+        body.append([
+            r["mode"], str(r["concurrency"]),
+            _f(r["cpu_us_per_req"].get("target"), ".1f"),
+            _f(ref.get("cpu_us_per_req", {}).get("target"), ".1f"),
+            _f(r.get("cpu_vs_compare"), ".3f"),
+            " ".join(f"{x:.3f}" for x in r.get("cpu_vs_compare_rounds", [])),
+        ])
+    widths = [max([len(h), *(len(b[i]) for b in body)]) for i, h in enumerate(head)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            format(v, ("<" if i in (0, 5) else ">") + str(w))
+            for i, (v, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    where = f"{other['path']}" + (f", commit {other['commit']}" if other.get("commit") else "")
+    return "\n".join([
+        f"proxy CPU per request, this tree ({this}) over the compare tree {name} ({where}):",
+        "ratio = median of the rounds' ratios (each round ran both side by side)",
+        line(head), "-" * len(line(head)), *(line(b) for b in body),
+    ])

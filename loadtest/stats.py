@@ -1,11 +1,17 @@
 """Pure summaries of benchmark runs: percentiles, rates, CPU per request, and each proxy
-set against the direct target measured in the same rounds."""
+set against the direct target measured in the same rounds.
+
+CPU per request can be pooled (all rounds' CPU over all their requests) or, as the
+overhead benchmark reports it, the median of the rounds' figures; CPU ratios between two
+targets are then the median of the ratios of the same rounds, which the targets ran side
+by side, so that a slow stretch of a shared machine weighs on both sides of one ratio."""
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+import statistics
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +45,8 @@ class Run:
     error_samples: tuple[str, ...] = ()
     truncated: bool = False
     cpu: dict[str, float] = field(default_factory=dict)  # role -> CPU seconds spent in run
+    # role -> CPU seconds that the per-thread figures missed (threads that exited)
+    cpu_missed: dict[str, float] = field(default_factory=dict)
     others_cpu: float = 0.0  # CPU seconds the rest of the machine spent meanwhile
     host_cpu: float = 0.0  # CPU seconds the machine had meanwhile (busy or idle)
 
@@ -61,14 +69,37 @@ def _others_cores(runs: Sequence[Run]) -> float | None:
     return round(sum(r.others_cpu for r in runs) / cap * CORES, 2) if cap > 0 else None
 
 
-def summarise_cell(runs: Sequence[Run]) -> dict[str, Any]:
-    """Pool the rounds of one (mode, concurrency, target)."""
+def cpu_rounds(runs: Sequence[Run], role: str = "target") -> dict[int, float]:
+    """Round -> CPU microseconds per request of role, for the rounds that completed some."""
+    return {r.round: r.cpu[role] * 1e6 / r.completed
+            for r in runs if r.completed and role in r.cpu}
+
+
+def ratio_rounds(a: Mapping[int, float], b: Mapping[int, float]) -> list[float]:
+    """a over b round by round, for the rounds that both have (and b > 0), in round order."""
+    return [round(a[k] / b[k], 3) for k in sorted(a.keys() & b.keys()) if b[k] > 0]
+
+
+def _median(values: Sequence[float]) -> float | None:
+    return round(statistics.median(values), 3) if values else None
+
+
+def summarise_cell(runs: Sequence[Run], median_cpu: bool = False) -> dict[str, Any]:
+    """Pool the rounds of one (mode, concurrency, target); CPU per request pooled too,
+    or the median of the rounds' if median_cpu."""
     first = runs[0]
     lat = [x for r in runs for x in r.lat_us]
     ttfb = [x for r in runs for x in r.ttfb_us]
     n = len(lat)
     elapsed = sum(r.elapsed for r in runs)
     roles = sorted({k for r in runs for k in r.cpu})
+    by_round = {role: cpu_rounds(runs, role) for role in roles}
+    if median_cpu:
+        cpu = {role: round(statistics.median(v.values()), 1) if v else None
+               for role, v in by_round.items()}
+    else:
+        cpu = {role: _per_req_us(sum(r.cpu.get(role, 0.0) for r in runs), n) for role in roles}
+    spent = sum(r.cpu.get("target", 0.0) for r in runs)
     out: dict[str, Any] = {
         "mode": first.mode,
         "concurrency": first.concurrency,
@@ -86,9 +117,12 @@ def summarise_cell(runs: Sequence[Run]) -> dict[str, Any]:
         "p50_ms_rounds": [_ms(percentile(r.lat_us, 50)) for r in runs],
         # cores busy outside the benchmark's processes: other load on a shared machine
         "others_cores": _others_cores(runs),
-        "cpu_us_per_req": {
-            role: _per_req_us(sum(r.cpu.get(role, 0.0) for r in runs), n) for role in roles
-        },
+        "cpu_us_per_req": cpu,
+        "cpu_us_per_req_rounds": {role: [round(v[k], 1) for k in sorted(v)]
+                                  for role, v in by_round.items()},
+        # the target's CPU that the per-thread figures missed, as a share of what they read
+        "cpu_missed_share": round(sum(r.cpu_missed.get("target", 0.0) for r in runs) / spent, 4)
+        if spent > 0 else None,
     }
     if ttfb:
         out["ttfb_p50_ms"] = _ms(percentile(ttfb, 50))
@@ -96,14 +130,19 @@ def summarise_cell(runs: Sequence[Run]) -> dict[str, Any]:
     return out
 
 
-def summarise(runs: Sequence[Run], gateway: str | None = None) -> list[dict[str, Any]]:
-    """One row per (mode, concurrency, target) in first-seen order, proxies compared with
-    the direct target of the same mode and concurrency, and with the gateway if named
-    (req/s and proxy CPU per request as ratios: the target's over the gateway's)."""
+def summarise(
+    runs: Sequence[Run], gateway: str | None = None, compare: str | None = None
+) -> list[dict[str, Any]]:
+    """One row per (mode, concurrency, target) in first-seen order, CPU per request the
+    median of the rounds'; proxies compared with the direct target of the same mode and
+    concurrency, and with the gateway if named (req/s, pooled, and proxy CPU per request,
+    median of the rounds' ratios: the target's over the gateway's). If compare names
+    another target (another tree's gateway), the gateway's row also gets its CPU per
+    request over compare's, median of the rounds' ratios."""
     cells: dict[tuple[str, int, str], list[Run]] = {}
     for r in runs:
         cells.setdefault((r.mode, r.concurrency, r.target), []).append(r)
-    rows = {key: summarise_cell(rs) for key, rs in cells.items()}
+    rows = {key: summarise_cell(rs, median_cpu=True) for key, rs in cells.items()}
     for (mode, c, target), row in rows.items():
         base = rows.get((mode, c, DIRECT))
         if target == DIRECT or base is None:
@@ -120,7 +159,14 @@ def summarise(runs: Sequence[Run], gateway: str | None = None) -> list[dict[str,
             continue
         if row["rps"] and gw["rps"]:
             row["rps_vs_gateway"] = round(row["rps"] / gw["rps"], 3)
-        cpu, gw_cpu = row["cpu_us_per_req"].get("target"), gw["cpu_us_per_req"].get("target")
-        if cpu is not None and gw_cpu:
-            row["cpu_vs_gateway"] = round(cpu / gw_cpu, 3)
+        ratios = ratio_rounds(cpu_rounds(cells[mode, c, target]),
+                              cpu_rounds(cells[mode, c, str(gateway)]))
+        if ratios:
+            row["cpu_vs_gateway"] = _median(ratios)
+            row["cpu_vs_gateway_rounds"] = ratios
+        if target == gateway and compare and (mode, c, compare) in cells:
+            ratios = ratio_rounds(cpu_rounds(cells[mode, c, target]),
+                                  cpu_rounds(cells[mode, c, compare]))
+            row["cpu_vs_compare"] = _median(ratios)
+            row["cpu_vs_compare_rounds"] = ratios
     return list(rows.values())
