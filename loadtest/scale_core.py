@@ -82,7 +82,8 @@ class Fleet:
         self.rng = rng
         self.reg = Registry(PARAMS, self.clock, TrafficPolicy.single(POOL))
         self.by_state: dict[State, set[str]] = {s: set() for s in State}
-        self.reg.listeners.append(self._seen)
+        self._inbox = self.reg.subscribe()
+        self._inbox.wake = self._drain  # a driver on a fake clock: drained as published
         self.n = n
         self.next_id = n
         self.target = max(1, round(opts.churn * n))
@@ -98,6 +99,10 @@ class Fleet:
     @staticmethod
     def _spec(i: int) -> EndpointSpec:
         return EndpointSpec(f"r{i}", f"http://127.0.{i // 250}.{i % 250 + 1}:8000", POOL, MODEL)
+
+    def _drain(self) -> None:
+        for t in self._inbox.take():
+            self._seen(t)
 
     def _seen(self, t: Transition) -> None:
         self.by_state[t.frm].discard(t.name)

@@ -10,6 +10,7 @@ from typing import Any
 from warmgw.app import Gateway
 from warmgw.config import Config, parse
 from warmgw.core.lifecycle import State
+from warmgw.core.registry import Registry, Transition
 
 # Warmup small enough for tests: 2 prompt lengths x chat/completions x stream/not + bursts.
 FAST_WARMUP: dict[str, Any] = {
@@ -66,3 +67,17 @@ async def wait_all_ready(gw: Gateway, timeout: float = 15.0) -> None:
         timeout,
         "every replica to be ready",
     )
+
+
+def observe(registry: Registry, fn: Callable[[Transition], None]) -> Callable[[], None]:
+    """A test's eye on the registry's transitions: fn sees each one as it is published (an
+    inbox whose wake drains it at once, so a test can read a counter at that moment).
+    Returns a function that stops observing."""
+    inbox = registry.subscribe()
+
+    def drain() -> None:
+        for t in inbox.take():
+            fn(t)
+
+    inbox.wake = drain
+    return lambda: registry.transitions.unsubscribe(inbox)

@@ -139,10 +139,14 @@ async def test_a_removed_replica_leaves_nothing_behind(fleet):
         for _ in range(10):  # both replicas serve some
             async with s.post(g.url + "/v1/completions", json=body) as r:
                 assert r.status == 200
-        assert {e.name for e in g.proxy.running} == {"r0", "r1"}
-        g.reload(gateway_config(fleet.urls[:1]))
+        assert set(g.replicas.records) == {"r0", "r1"}
+        r1_address = g.proxy._address(g.registry.endpoints["r1"].url)[:2]
+        assert r1_address in g.pool.idle  # a kept-alive connection to r1
+        g.static.reload(gateway_config(fleet.urls[:1]))
         await wait_for(lambda: "r1" not in g.registry.endpoints, 5, "r1 to be gone")
-        assert {e.name for e in g.proxy.running} == {"r0"}
+        await wait_for(lambda: set(g.replicas.records) == {"r0"}, 5, "r1's record dropped")
+        assert r1_address not in g.pool.idle  # its pooled connections closed
+        assert all(not e.tickets for e in g.registry.endpoints.values())
 
 
 async def test_out_of_file_descriptors_is_a_503_and_no_replica_is_blamed(gw, fleet,

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.helpers import gateway_config, wait_all_ready, wait_for, wait_state
+from tests.helpers import gateway_config, observe, wait_all_ready, wait_for, wait_state
 from tests.scenario import Load, summary
 from warmgw.app import Gateway
 from warmgw.core.lifecycle import State
@@ -55,11 +55,11 @@ async def test_scale_up_under_load(strategy: str) -> None:
                 if t.name == "r2" and t.frm is State.WARMING and t.to is State.RAMPING:
                     users_on_r2_when_warm.append(r2.stats.user_requests)
 
-            gw.registry.listeners.append(on_transition)
+            observe(gw.registry, on_transition)
             async with Load(gw.url, concurrency=8) as load:
                 await asyncio.sleep(4.0)
                 t_event = time.monotonic()
-                gw.reload(gateway_config({**urls, "r2": r2.url}, strategy=strategy,
+                gw.static.reload(gateway_config({**urls, "r2": r2.url}, strategy=strategy,
                                          warmup=WARMUP, slow_start={"window": 4.0}))
                 await wait_state(gw, "r2", State.READY, timeout=40)
                 await wait_for(lambda: r2.stats.user_requests >= 30, 20, "user traffic on r2")
@@ -102,7 +102,7 @@ async def test_restarted_replica_is_rewarmed_before_user_traffic() -> None:
                 if t.name == "r1" and t.frm is State.WARMING and t.to is State.RAMPING:
                     rewarmed_at.append(time.monotonic())
 
-            gw.registry.listeners.append(on_transition)
+            observe(gw.registry, on_transition)
             async with Load(gw.url, concurrency=6) as load:
                 await wait_for(lambda: r1.stats.user_requests > 50, 10, "traffic on r1")
                 restarted_at = time.monotonic()

@@ -45,8 +45,14 @@ class World:
         self.reg = Registry(
             LifecycleParams(strategy=strategy), self.clock, policy or TrafficPolicy.single("blue")
         )
-        self.seen: list[Transition] = []
-        self.reg.listeners.append(self.seen.append)
+        self._inbox = self.reg.subscribe()
+        self._seen: list[Transition] = []
+
+    @property
+    def seen(self) -> list[Transition]:
+        """Every transition published so far, in order."""
+        self._seen.extend(self._inbox.take())
+        return self._seen
 
     def ep(self, name: str) -> Endpoint:
         return self.reg.get(name)

@@ -255,7 +255,7 @@ async def leave(env: Env, request_bytes: bytes, events: int | None) -> None:
 )
 async def test_client_leaving_aborts_the_upstream_request(env, request_bytes, events):
     await env.idle()
-    stats = env.gw.proxy.stats.requests
+    stats = env.gw.router.stats.requests
     left = sum(n for k, n in stats.items() if k[3] == 499)
     cut = sum(rec.outcome == "disconnected" for r in env.fleet.replicas for rec in r.log)
     await leave(env, request_bytes, events)

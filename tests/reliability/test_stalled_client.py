@@ -57,7 +57,7 @@ def outcomes(fleet: SimFleet) -> list[str]:
 async def test_a_client_that_stops_reading_is_cut_and_the_replica_stops(env):
     fleet, gw = env
     before = len(outcomes(fleet))
-    stats = gw.proxy.stats.requests
+    stats = gw.router.stats.requests
     left = sum(n for k, n in stats.items() if k[3] == 499)
     r, w = await small_window_client(gw.port)
     w.write(stream_request(150_000))  # ~20 MB of events: far more than the buffers hold

@@ -10,7 +10,6 @@ is where that is exercised). No tight latency bounds here.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import time
 from collections.abc import AsyncIterator
@@ -21,7 +20,7 @@ import openai
 import pytest
 import pytest_asyncio
 
-from tests.helpers import gateway_config, wait_all_ready, wait_for, wait_state
+from tests.helpers import gateway_config, observe, wait_all_ready, wait_for, wait_state
 from tests.vllm.conftest import MAX_MODEL_LEN, MODEL, SERVED, TIMINGS, Replicas
 from warmgw.app import Gateway
 from warmgw.config import Config
@@ -391,7 +390,7 @@ async def test_killed_and_restarted_replica_is_rewarmed_before_user_traffic(
         if t.name == "r1" and t.frm is State.WARMING and t.to is State.RAMPING:
             rewarmed.append(time.monotonic())
 
-    gw.registry.listeners.append(on_transition)
+    unobserve = observe(gw.registry, on_transition)
     samples: list[Sample] = []
     stop = asyncio.Event()
     loaders = [asyncio.create_task(user_load(gw, samples, stop)) for _ in range(2)]
@@ -418,8 +417,7 @@ async def test_killed_and_restarted_replica_is_rewarmed_before_user_traffic(
     finally:
         stop.set()
         await asyncio.gather(*loaders, return_exceptions=True)
-        with contextlib.suppress(ValueError):
-            gw.registry.listeners.remove(on_transition)
+        unobserve()
 
     r1_moves = [t for t in list(gw.registry.history)[history_mark:] if t.name == "r1"]
     after = [(t.frm, t.to) for t in r1_moves]

@@ -22,16 +22,28 @@ import struct
 import termios
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from warmgw import errors
-
-if TYPE_CHECKING:
-    from warmgw.h1.server import Server
+from warmgw.config import ClientLimits
 
 log = logging.getLogger("warmgw.server")
 
 REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+
+
+class Host(Protocol):
+    """What a connection's request cycle takes from the server that accepted it
+    (warmgw.h1.server.Server)."""
+
+    limits: ClientLimits
+    loop: asyncio.AbstractEventLoop
+    stopping: bool
+
+    @property
+    def handler(self) -> Handler: ...
+
+    def date_line(self) -> bytes: ...
 
 
 class Request:
@@ -72,7 +84,7 @@ class Connection(asyncio.Protocol):
     __slots__ = ("_answered", "_chunked", "_drain", "_write_paused", "closing", "current",
                  "limits", "loop", "server", "transport")
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Host) -> None:
         self.server = server
         self.limits = server.limits
         self.loop = server.loop

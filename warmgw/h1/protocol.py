@@ -19,19 +19,24 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from typing import TYPE_CHECKING, cast
+from typing import Protocol, cast
 
 import httptools
 
 from warmgw import errors
-from warmgw.h1.cycle import Connection, Request
-
-if TYPE_CHECKING:
-    from warmgw.h1.server import Server
+from warmgw.h1.cycle import Connection, Host, Request
 
 log = logging.getLogger("warmgw.server")
 
 MAX_PIPELINED = 8  # complete requests queued behind the running one before reading pauses
+
+
+class ProtocolHost(Host, Protocol):
+    """What the protocol takes from its server, beyond what the request cycle does."""
+
+    connections: set[HttpProtocol]
+    refused: int
+    max_body: int
 
 
 class HttpProtocol(Connection):
@@ -41,9 +46,11 @@ class HttpProtocol(Connection):
                  "_head_open", "_head_seen", "_headers", "_in_body", "_req", "_timer", "_url",
                  "parser", "pending", "reading_paused")
 
+    server: ProtocolHost
+
     _req: Request  # the request being read, from its head on
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: ProtocolHost) -> None:
         super().__init__(server)
         self.parser = httptools.HttpRequestParser(self)
         self.pending: collections.deque[Request] = collections.deque()
