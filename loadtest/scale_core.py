@@ -83,7 +83,7 @@ class Fleet:
         self.reg = Registry(PARAMS, self.clock, TrafficPolicy.single(POOL))
         self.by_state: dict[State, set[str]] = {s: set() for s in State}
         self._inbox = self.reg.subscribe()
-        self._inbox.wake = self._drain  # a driver on a fake clock: drained as published
+        self._inbox.wake = self._take_transitions  # a driver on a fake clock: drained as published
         self.n = n
         self.next_id = n
         self.target = max(1, round(opts.churn * n))
@@ -100,7 +100,7 @@ class Fleet:
     def _spec(i: int) -> EndpointSpec:
         return EndpointSpec(f"r{i}", f"http://127.0.{i // 250}.{i % 250 + 1}:8000", POOL, MODEL)
 
-    def _drain(self) -> None:
+    def _take_transitions(self) -> None:
         for t in self._inbox.take():
             self._seen(t)
 

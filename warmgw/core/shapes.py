@@ -1,0 +1,165 @@
+"""Request shapes: what an engine may be cold for, one definition shared by the ramp's
+latency comparison, the traffic profile, the warmup and the simulator.
+
+An engine is cold wherever it compiles, captures or loads something on first use: kernels
+per prompt size (and batch size), a grammar per structured-output spec, a LoRA adapter, the
+sampler paths for logprobs and n > 1, tool parsing, a multimodal encoder. A shape names all
+of that for one request:
+
+- kind (chat or completions), stream or not, the model or adapter name;
+- the prompt size in tokens: `coarse` buckets (powers of two) where latencies are compared,
+  `fine` buckets (quarter octaves, 2 ** (k / 4)) where the profile remembers sizes;
+- the max_tokens bucket (powers of two);
+- Features: the structured-output spec and the tools (by the id of their canonical JSON,
+  the specs themselves kept apart: core.profile.Specs), logprobs, n, media parts.
+
+On the request path the prompt size is estimated from the body's bytes with a bytes-per-
+token ratio per model (TokenRatios), calibrated with the replica's own tokenizer
+(POST /tokenize) off the request path; the replica's answer (usage.prompt_tokens) gives the
+exact count afterwards, which is what the profile keeps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from typing import Any, NamedTuple
+
+DEFAULT_BYTES_PER_TOKEN = 4.0  # English text in a BPE vocabulary, until calibrated
+JSON_OVERHEAD = 64  # bytes of a request body that are not prompt (keys, model, options)
+
+
+def coarse(tokens: int) -> int:
+    """The power-of-two bucket of a token count: 0 for 0, k for 2**(k-1) <= n < 2**k."""
+    return tokens.bit_length()
+
+
+def fine(tokens: int) -> int:
+    """The quarter-octave bucket of a token count (buckets 19 % wide)."""
+    return int(4.0 * math.log2(tokens)) if tokens > 0 else -1
+
+
+def latency_key(kind: str, stream: bool, prompt_tokens: int, max_tokens: int) -> int:
+    """One small int per (kind, stream, coarse prompt bucket, max_tokens bucket): requests
+    are compared for latency only with requests of the same key."""
+    return ((coarse(prompt_tokens) << 9) | (max_tokens.bit_length() << 2)
+            | (kind == "chat") << 1 | stream)
+
+
+class TokenRatios:
+    """Bytes per token of each model's tokenizer, as measured with /tokenize."""
+
+    __slots__ = ("ratios",)
+
+    def __init__(self) -> None:
+        self.ratios: dict[str, float] = {}
+
+    def set(self, model: str, text_bytes: int, tokens: int) -> None:
+        if text_bytes > 0 and tokens > 0:
+            self.ratios[model] = text_bytes / tokens
+
+    def estimate(self, model: str, body_bytes: int) -> int:
+        """Prompt tokens of a request body of body_bytes, roughly (never below 1)."""
+        ratio = self.ratios.get(model, DEFAULT_BYTES_PER_TOKEN)
+        return max(1, int((body_bytes - JSON_OVERHEAD) / ratio))
+
+
+class Features(NamedTuple):
+    """What beyond its size a request makes an engine do on first use."""
+
+    schema: str = ""  # id of the structured-output spec (response_format / guided_*)
+    tools: str = ""  # id of the tools and tool_choice
+    logprobs: int = 0  # 0: none; else 1 + top_logprobs (or completions' logprobs N)
+    n: int = 1
+    media: str = ""  # "image", "audio", "video", joined by "+" when several
+
+    def describe(self) -> str:
+        parts = []
+        if self.schema:
+            parts.append(f"schema:{self.schema}")
+        if self.tools:
+            parts.append(f"tools:{self.tools}")
+        if self.logprobs:
+            parts.append(f"logprobs:{self.logprobs - 1}")
+        if self.n > 1:
+            parts.append(f"n:{self.n}")
+        if self.media:
+            parts.append(f"media:{self.media}")
+        return ",".join(parts) or "plain"
+
+
+PLAIN = Features()
+
+
+class ShapeKey(NamedTuple):
+    """A feature-shape: what the profile counts and the warmup sends one request of."""
+
+    model: str
+    kind: str  # "chat" or "completions"
+    stream: bool
+    bucket: int  # fine(prompt tokens)
+    max_tokens: int  # coarse bucket of max_tokens
+    features: Features
+
+    def describe(self) -> str:
+        mode = "stream" if self.stream else "json"
+        lo = math.ceil(2 ** (self.bucket / 4)) if self.bucket >= 0 else 0
+        return (f"{self.model} {self.kind}/{mode} ~{lo} prompt tokens, "
+                f"max_tokens<{2 ** self.max_tokens} {self.features.describe()}")
+
+
+def spec_id(spec: Any) -> tuple[str, str]:
+    """A short id of a JSON value (a schema, a tool list) and its canonical JSON."""
+    canon = json.dumps(spec, sort_keys=True, separators=(",", ":"))
+    return hashlib.blake2b(canon.encode(), digest_size=6).hexdigest(), canon
+
+
+STRUCTURED = ("response_format", "guided_json", "guided_regex", "guided_choice",
+              "guided_grammar", "structured_outputs")
+MEDIA = {"image_url": "image", "input_image": "image", "image": "image",
+         "input_audio": "audio", "audio_url": "audio", "video_url": "video"}
+
+
+def features_of(obj: dict[str, Any], specs: dict[str, str] | None = None) -> Features:
+    """The features of a request body. specs, when given, receives id -> canonical JSON of
+    each structured-output spec and tool list seen (the profile keeps them, if allowed)."""
+    schema = tools = media = ""
+    structured = {k: obj[k] for k in STRUCTURED if obj.get(k) is not None}
+    rf = structured.get("response_format")
+    if isinstance(rf, dict) and rf.get("type") == "text":
+        del structured["response_format"]  # plain text: no grammar
+    if structured:
+        schema, canon = spec_id(structured)
+        if specs is not None:
+            specs[schema] = canon
+    tl = obj.get("tools")
+    if tl:
+        spec = {"tools": tl, "tool_choice": obj.get("tool_choice")}
+        tools, canon = spec_id(spec)
+        if specs is not None:
+            specs[tools] = canon
+    lp = obj.get("logprobs")
+    top = obj.get("top_logprobs")
+    logprobs = 0
+    if lp is True or (type(lp) is int and lp >= 0 and lp is not False):
+        logprobs = 1 + (top if type(top) is int and top > 0 else (lp if type(lp) is int else 0))
+    elif obj.get("prompt_logprobs") is not None:
+        logprobs = 1
+    n = obj.get("n")
+    n = n if type(n) is int and n > 1 else 1
+    messages = obj.get("messages")
+    if type(messages) is list:
+        kinds = set()
+        for m in messages:
+            content = m.get("content") if type(m) is dict else None
+            if type(content) is list:
+                for part in content:
+                    if type(part) is dict:
+                        kind = MEDIA.get(part.get("type", ""))
+                        if kind:
+                            kinds.add(kind)
+        media = "+".join(sorted(kinds))
+    if not (schema or tools or logprobs or n > 1 or media):
+        return PLAIN
+    return Features(schema, tools, logprobs, n, media)
