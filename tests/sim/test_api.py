@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from warmgw.sim import api
+from warmgw.sim import api, bodies
 from warmgw.sim.api import ApiError, Kind
 from warmgw.sim.model import SimConfig
 
@@ -78,7 +78,7 @@ def test_parse_errors(kind: Kind, body: Any, status: int, needle: str) -> None:
 def test_embedding_inputs_and_vectors() -> None:
     req = parse(Kind.EMBEDDING, {"input": ["a b", "c", "d e f"]})
     assert (req.n_inputs, req.prompt_tokens, req.max_tokens) == (3, 6, 0)
-    body = api.embedding_response("embd-1", 0, req, dim=8)
+    body = bodies.embedding_response("embd-1", 0, req, dim=8)
     vectors = [d["embedding"] for d in body["data"]]
     assert [d["index"] for d in body["data"]] == [0, 1, 2]
     assert all(len(v) == 8 and abs(sum(x * x for x in v) - 1) < 1e-4 for v in vectors)
@@ -98,6 +98,6 @@ def test_response_id(kind: Kind, header: str | None, expected: str) -> None:
 def test_sse_framing() -> None:
     assert api.sse({"a": 1}) == b'data: {"a":1}\n\n'
     assert api.SSE_DONE == b"data: [DONE]\n\n"
-    last = api.token_chunk("c", Kind.CHAT, 1, "tiny", "x", "length")
+    last = bodies.token_chunk("c", Kind.CHAT, 1, "tiny", "x", "length")
     assert last["choices"][0]["finish_reason"] == "length"
     assert last["object"] == "chat.completion.chunk"

@@ -84,3 +84,35 @@ async def test_cli_rejects_bad_config() -> None:
         _out, err = await proc.communicate()
     assert proc.returncode == 2
     assert b"SimConfig.max_running" in err and b"got 0" in err
+
+
+async def test_cli_cold_rules_preset_and_adapters(session: aiohttp.ClientSession) -> None:
+    proc = await _spawn(
+        "--cold-rules", "features", "--cold-scale", "0.01", "--lora-modules", "x,y=/srv/y",
+        "--chars-per-token", "2", "--log-level", "warning",
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(10):
+            line = (await proc.stdout.readline()).decode()
+        m = re.fullmatch(r"sim replica r0 serving model tiny at (http://\S+)\n", line)
+        assert m, line
+        url = m.group(1)
+        async with session.get(url + "/v1/models") as resp:
+            cards = (await resp.json())["data"]
+        assert [(c["id"], c["root"]) for c in cards[1:]] == [("x", "/adapters/x"), ("y", "/srv/y")]
+        async with session.post(url + "/tokenize", json={"prompt": "abcd e"}) as resp:
+            assert (await resp.json())["count"] == 3
+        body = {"model": "y", "prompt": "a", "max_tokens": 1, "logprobs": 1}
+        async with session.post(url + "/v1/completions", json=body) as resp:
+            assert resp.status == 200
+        async with session.get(url + "/sim/requests") as resp:
+            (rec,) = (await resp.json())["requests"]
+        assert rec["cold"] == ["prompt_bucket:8", "batch_bucket:1", "adapter:y", "logprobs"]
+        async with session.get(url + "/sim/stats") as resp:
+            assert (await resp.json())["prompt_buckets"][:3] == [8, 12, 18]
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGINT)
+            async with asyncio.timeout(10):
+                await proc.wait()

@@ -1,9 +1,8 @@
-"""OpenAI/vLLM wire shapes: request parsing and response bodies."""
+"""OpenAI/vLLM wire shapes: request parsing, errors and framing (bodies: ``bodies``)."""
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -11,7 +10,14 @@ from typing import Any
 
 from aiohttp import web
 
-from warmgw.sim.model import SimConfig, chat_prompt_tokens, completion_prompt_tokens
+from warmgw.sim.config import SimConfig
+from warmgw.sim.features import NO_FEATURES, BadField, Features, parse_features
+from warmgw.sim.tokens import (
+    chat_prompt_tokens,
+    chat_token_ids,
+    completion_prompt_tokens,
+    text_token_ids,
+)
 
 _ERROR_TYPES = {400: "BadRequestError", 404: "NotFoundError", 500: "InternalServerError"}
 
@@ -54,42 +60,62 @@ def response_id(kind: Kind, x_request_id: str | None, random_hex: str) -> str:
 @dataclass(frozen=True)
 class GenRequest:
     kind: Kind
-    model: str
+    model: str  # as answered: the base model or the adapter named
     prompt_tokens: int
-    max_tokens: int  # 0 for embeddings
+    max_tokens: int  # per choice; 0 for embeddings
     stream: bool
     include_usage: bool
     n_inputs: int = 1  # embeddings: number of input items
+    features: Features = NO_FEATURES
 
 
-def parse_request(kind: Kind, raw: bytes, config: SimConfig) -> GenRequest:
-    """Validate a POST body the way vLLM does (for what a gateway can observe)."""
+def load_body(raw: bytes) -> dict[str, Any]:
+    """A JSON object, else an ApiError 400 as vLLM words it."""
     try:
         body = json.loads(raw)
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
         raise ApiError(400, f"JSON decode error: {exc}") from None
     if not isinstance(body, dict):
         raise ApiError(400, "Input should be a valid dictionary or object")
+    return body
+
+
+def resolve_model(body: Mapping[str, Any], config: SimConfig) -> tuple[str, str | None]:
+    """(model name, LoRA adapter name or None); 404 for an unknown model, as vLLM."""
     model = body.get("model")
     if model is None:  # vLLM falls back to the served model
-        model = config.model
+        return config.model, None
     if not isinstance(model, str):
         raise ApiError(400, "model: Input should be a valid string", "model")
-    if model != config.model:
-        raise ApiError(
-            404,
-            f"The model `{model}` does not exist. Valid aliases: {config.model}.",
-            "model",
-        )
+    if model == config.model:
+        return model, None
+    if model in config.adapters:
+        return model, model
+    raise ApiError(
+        404,
+        f"The model `{model}` does not exist. Valid aliases: {config.model}.",
+        "model",
+    )
+
+
+def parse_request(kind: Kind, raw: bytes, config: SimConfig) -> GenRequest:
+    """Validate a POST body the way vLLM does (for what a gateway can observe)."""
+    body = load_body(raw)
+    model, adapter = resolve_model(body, config)
+    cpt = config.chars_per_token
     try:
         if kind is Kind.CHAT:
-            prompt_tokens = chat_prompt_tokens(body.get("messages"))
+            prompt_tokens = chat_prompt_tokens(body.get("messages"), cpt)
         elif kind is Kind.COMPLETION:
-            prompt_tokens = completion_prompt_tokens(body.get("prompt"))
+            prompt_tokens = completion_prompt_tokens(body.get("prompt"), cpt)
         else:
-            return _parse_embedding(body, model, config)
+            return _parse_embedding(body, model, adapter, config)
     except ValueError as exc:
         raise ApiError(400, str(exc), _INPUT_PARAM[kind]) from None
+    try:
+        features = parse_features(body, kind is Kind.CHAT, adapter)
+    except BadField as exc:
+        raise ApiError(400, str(exc), exc.param) from None
     stream = _lax_bool(body.get("stream"), "stream")
     options = body.get("stream_options") or {}
     include_usage = isinstance(options, Mapping) and options.get("include_usage") is True
@@ -100,7 +126,35 @@ def parse_request(kind: Kind, raw: bytes, config: SimConfig) -> GenRequest:
         max_tokens=_max_tokens(body, kind, prompt_tokens, config),
         stream=stream,
         include_usage=include_usage,
+        features=features,
     )
+
+
+def parse_tokenize(raw: bytes, config: SimConfig) -> dict[str, Any]:
+    """POST /tokenize: ``{"model", "prompt"}`` or ``{"model", "messages"}`` (other vLLM
+    fields such as add_special_tokens are ignored) -> vLLM's TokenizeResponse. Counts
+    follow the simulator's tokenizer; like vLLM a prompt longer than max_model_len is
+    counted, not rejected."""
+    body = load_body(raw)
+    resolve_model(body, config)
+    cpt = config.chars_per_token
+    if ("prompt" in body) == ("messages" in body):
+        raise ApiError(400, "Exactly one of `prompt` or `messages` must be given")
+    if "prompt" in body:
+        if not isinstance(body["prompt"], str):
+            raise ApiError(400, "prompt: Input should be a valid string", "prompt")
+        tokens = text_token_ids(body["prompt"], cpt)
+    else:
+        try:
+            tokens = chat_token_ids(body["messages"], cpt)
+        except ValueError as exc:
+            raise ApiError(400, str(exc), "messages") from None
+    return {
+        "count": len(tokens),
+        "max_model_len": config.max_model_len,
+        "tokens": tokens,
+        "token_strs": None,
+    }
 
 
 # pydantic's lax mode for a bool field, as real vLLM 0.32 (FastAPI) validates "stream"
@@ -156,110 +210,23 @@ def _max_tokens(body: Mapping[str, Any], kind: Kind, prompt_tokens: int, cfg: Si
     return min(requested, room)
 
 
-def _parse_embedding(body: Mapping[str, Any], model: str, cfg: SimConfig) -> GenRequest:
+def _parse_embedding(
+    body: Mapping[str, Any], model: str, adapter: str | None, cfg: SimConfig
+) -> GenRequest:
     items = body.get("input")
     if isinstance(items, list) and items and all(isinstance(i, str | list) for i in items):
         inputs: list[object] = list(items)
     else:
         inputs = [items]
-    tokens = [completion_prompt_tokens(i) for i in inputs]  # ValueError -> 400 by caller
+    # ValueError -> 400 by the caller
+    tokens = [completion_prompt_tokens(i, cfg.chars_per_token) for i in inputs]
     if max(tokens) > cfg.max_model_len:
         raise prompt_too_long(cfg.max_model_len, max(tokens))
-    return GenRequest(Kind.EMBEDDING, model, sum(tokens), 0, False, False, len(inputs))
+    features = Features(adapter=adapter)
+    return GenRequest(Kind.EMBEDDING, model, sum(tokens), 0, False, False, len(inputs), features)
 
 
-# ---------------------------------------------------------------- response bodies
-
-
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-        "completion_tokens": completion_tokens,
-    }
-
-
-def _envelope(rid: str, kind: Kind, created: int, model: str, stream: bool) -> dict[str, Any]:
-    if kind is Kind.CHAT:
-        obj = "chat.completion.chunk" if stream else "chat.completion"
-    else:
-        obj = "text_completion"
-    return {"id": rid, "object": obj, "created": created, "model": model}
-
-
-def role_chunk(rid: str, created: int, model: str) -> dict[str, Any]:
-    """First chat SSE chunk: the assistant role with empty content."""
-    choice = {
-        "index": 0,
-        "delta": {"role": "assistant", "content": ""},
-        "logprobs": None,
-        "finish_reason": None,
-    }
-    return _envelope(rid, Kind.CHAT, created, model, True) | {"choices": [choice]}
-
-
-def token_chunk(
-    rid: str, kind: Kind, created: int, model: str, text: str, finish_reason: str | None
-) -> dict[str, Any]:
-    choice: dict[str, Any] = {"index": 0}
-    if kind is Kind.CHAT:
-        choice["delta"] = {"content": text}
-    else:
-        choice["text"] = text
-    choice["logprobs"] = None
-    choice["finish_reason"] = finish_reason
-    if finish_reason is not None or kind is Kind.COMPLETION:
-        choice["stop_reason"] = None
-    return _envelope(rid, kind, created, model, True) | {"choices": [choice]}
-
-
-def usage_chunk(
-    rid: str, kind: Kind, created: int, model: str, prompt_tokens: int, completion_tokens: int
-) -> dict[str, Any]:
-    env = _envelope(rid, kind, created, model, True)
-    return env | {"choices": [], "usage": usage(prompt_tokens, completion_tokens)}
-
-
-def full_response(
-    rid: str, kind: Kind, created: int, model: str, text: str, prompt_tokens: int, n_out: int
-) -> dict[str, Any]:
-    """Non-streaming chat.completion or text_completion body."""
-    choice: dict[str, Any] = {"index": 0}
-    if kind is Kind.CHAT:
-        choice["message"] = {"role": "assistant", "content": text, "tool_calls": []}
-    else:
-        choice["text"] = text
-    choice |= {"logprobs": None, "finish_reason": "length", "stop_reason": None}
-    return _envelope(rid, kind, created, model, False) | {
-        "choices": [choice],
-        "usage": usage(prompt_tokens, n_out),
-    }
-
-
-def embedding_vector(index: int, tokens: int, dim: int) -> list[float]:
-    """A deterministic unit vector."""
-    raw = [math.sin(1.0 + index * 7.0 + tokens * 0.37 + k * 1.3) for k in range(dim)]
-    norm = math.sqrt(sum(x * x for x in raw)) or 1.0
-    return [round(x / norm, 6) for x in raw]
-
-
-def embedding_response(rid: str, created: int, req: GenRequest, dim: int) -> dict[str, Any]:
-    data = [
-        {
-            "index": i,
-            "object": "embedding",
-            "embedding": embedding_vector(i, req.prompt_tokens, dim),
-        }
-        for i in range(req.n_inputs)
-    ]
-    return {
-        "id": rid,
-        "object": "list",
-        "created": created,
-        "model": req.model,
-        "data": data,
-        "usage": {"prompt_tokens": req.prompt_tokens, "total_tokens": req.prompt_tokens},
-    }
+# ---------------------------------------------------------------- framing
 
 
 def dumps(payload: object) -> str:

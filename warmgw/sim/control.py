@@ -11,7 +11,10 @@ POST /sim/faults   partial update, e.g. {"error_rate": 0.2, "hang": true,
                    {"refuse": true} stops listening (only the Python API can resume);
                    {"refuse_for": S} stops listening for S seconds.
 POST /sim/restart  simulated process restart; answers {"process_start_time": ...}
-GET  /sim/stats    SimStats counters, queue sizes and warm buckets
+GET  /sim/stats    SimStats counters, queue sizes, the bucket grids and what is warm
+GET  /sim/requests the request log (RequestRecord.as_json each), oldest end first;
+                   ?limit=N keeps the last N, ?since=T those that started at T or later
+                   (replica clock, as the records' "start")
 """
 
 from __future__ import annotations
@@ -78,17 +81,32 @@ def add_info_routes(app: web.Application, replica: ReplicaControl) -> None:
 
     async def models(request: web.Request) -> web.Response:
         c = replica.config
+        created = int(replica.process_start_time)
         card = {
             "id": c.model,
             "object": "model",
-            "created": int(replica.process_start_time),
+            "created": created,
             "owned_by": "vllm",
             "root": c.model,
             "parent": None,
             "max_model_len": c.max_model_len,
             "permission": [],
         }
-        return json_response({"object": "list", "data": [card]})
+        # As vLLM lists --lora-modules: the adapter's path as root, the base model as parent.
+        loras: list[dict[str, object]] = [
+            {
+                "id": name,
+                "object": "model",
+                "created": created,
+                "owned_by": "vllm",
+                "root": path,
+                "parent": c.model,
+                "max_model_len": None,
+                "permission": [],
+            }
+            for name, path in c.adapters.items()
+        ]
+        return json_response({"object": "list", "data": [card, *loras]})
 
     async def metrics(request: web.Request) -> web.Response:
         body = replica.process.metrics.render()
@@ -149,11 +167,27 @@ def add_control_routes(app: web.Application, replica: ReplicaControl) -> None:
                 "waiting": p.scheduler.waiting,
                 "warm_prompt_buckets": sorted(p.cold.warm_prompt_buckets),
                 "warm_batch_buckets": sorted(p.cold.warm_batch_buckets),
+                "warm_features": sorted(p.cold.warm_features),
+                "loaded_adapters": list(p.cold.loaded_adapters),  # least recently used first
+                "prompt_buckets": list(replica.config.prompt_grid),
+                "batch_buckets": list(replica.config.batch_buckets),
                 "process_start_time": p.start_wall,
             }
         )
+
+    async def get_requests(request: web.Request) -> web.Response:
+        try:
+            limit = int(request.query.get("limit", len(replica.log)))
+            since = float(request.query.get("since", "-inf"))
+            if limit < 0:
+                raise ValueError(f"limit must be >= 0, got {limit}")
+        except ValueError as exc:
+            return web.json_response(error_body(400, str(exc)), status=400)
+        records = [r.as_json() for r in replica.log if r.start >= since]
+        return web.json_response({"requests": records[-limit:] if limit else []})
 
     app.router.add_get("/sim/faults", get_faults, allow_head=False)
     app.router.add_post("/sim/faults", post_faults)
     app.router.add_post("/sim/restart", post_restart)
     app.router.add_get("/sim/stats", get_stats, allow_head=False)
+    app.router.add_get("/sim/requests", get_requests, allow_head=False)

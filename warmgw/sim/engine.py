@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -44,16 +46,27 @@ class RequestRecord:
     duration: float
     status: int  # HTTP status sent; 0 when the connection was dropped or the client left
     outcome: str  # "ok", "error", "disconnected", "dropped"
+    model: str = ""  # the model named (base model or LoRA adapter); "" if unparsed
+    features: tuple[str, ...] = ()  # Features.tags(), e.g. ("adapter:sql-lora", "n:2")
+    cold: tuple[str, ...] = ()  # first uses paid for, e.g. ("prompt_bucket:48", "logprobs")
 
     def as_json(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out["features"] = list(self.features)
+        out["cold"] = list(self.cold)
+        return out
 
 
 class SimProcess:
     """Admission queue, cold-start model, latency model and metrics of one process start."""
 
     def __init__(
-        self, config: SimConfig, rng: random.Random, start_wall: float, ready_at: float
+        self,
+        config: SimConfig,
+        rng: random.Random,
+        start_wall: float,
+        ready_at: float,
+        wall_clock: Callable[[], float] | None = None,
     ) -> None:
         self.config = config
         self.start_wall = start_wall
@@ -65,19 +78,39 @@ class SimProcess:
         self._waiters: dict[int, asyncio.Future[int]] = {}
         self._kv_tokens: dict[int, int] = {}
         self._kv_total = 0
+        self._adapter_of: dict[int, str] = {}  # slot -> LoRA adapter, for adapter requests
+        self._running_adapters: Counter[str] = Counter()
+        self._waiting_adapters: Counter[str] = Counter()
         self.metrics = SimMetrics(
             config.model,
             start_wall,
             running=lambda: self.scheduler.running,
             waiting=lambda: self.scheduler.waiting,
             kv_usage=self.kv_usage,
+            max_loras=config.max_loras if config.lora_adapters else None,
+            wall_clock=wall_clock or (lambda: start_wall),
         )
 
     def kv_usage(self) -> float:
         """Tokens reserved by running requests over max_running * max_model_len."""
         return self._kv_total / (self.config.max_running * self.config.max_model_len)
 
-    async def admit(self, kv_tokens: int) -> tuple[int, int]:
+    def lora_state(self) -> tuple[list[str], list[str]]:
+        """(running, waiting) LoRA adapter names, as vLLM's lora_requests_info labels."""
+        return sorted(self._running_adapters), sorted(self._waiting_adapters)
+
+    def _adapter_moved(
+        self, adapter: str, source: Counter[str] | None, target: Counter[str] | None
+    ) -> None:
+        if source is not None:
+            source[adapter] -= 1
+            if source[adapter] <= 0:
+                del source[adapter]
+        if target is not None:
+            target[adapter] += 1
+        self.metrics.lora_update(*self.lora_state())
+
+    async def admit(self, kv_tokens: int, adapter: str | None = None) -> tuple[int, int]:
         """Wait for a running slot (FIFO). Returns (slot id, running count incl. this one).
 
         The caller must ``release(slot)`` in a ``finally`` once this has been called; if the
@@ -85,6 +118,10 @@ class SimProcess:
         """
         slot = next(self._ids)
         admission = self.scheduler.submit(slot)
+        if adapter is not None:
+            self._adapter_of[slot] = adapter
+            queue = self._running_adapters if admission is not None else self._waiting_adapters
+            self._adapter_moved(adapter, None, queue)
         if admission is not None:
             running = admission.running
         else:
@@ -103,7 +140,15 @@ class SimProcess:
         """Finish (or abandon) a slot; unknown and already released slots are ignored."""
         self._waiters.pop(slot, None)
         self._kv_total -= self._kv_tokens.pop(slot, 0)
+        adapter = self._adapter_of.pop(slot, None)
+        if adapter is not None:
+            running = self.scheduler.is_running(slot)
+            source = self._running_adapters if running else self._waiting_adapters
+            self._adapter_moved(adapter, source, None)
         for admission in self.scheduler.release(slot):
+            moved = self._adapter_of.get(admission.request_id)
+            if moved is not None:
+                self._adapter_moved(moved, self._waiting_adapters, self._running_adapters)
             fut = self._waiters.pop(admission.request_id)
             if fut.done():  # its waiter was cancelled meanwhile: give the slot back
                 self.release(admission.request_id)

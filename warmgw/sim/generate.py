@@ -7,11 +7,12 @@ from typing import Any, NoReturn, Protocol
 
 from aiohttp import web
 
-from warmgw.sim import api
+from warmgw.sim import api, bodies
 from warmgw.sim.api import GenRequest, Kind
 from warmgw.sim.engine import RequestRecord, SimProcess, SimStats
 from warmgw.sim.faults import Faults
-from warmgw.sim.model import SimConfig, Timing, generated_text, generated_token
+from warmgw.sim.model import SimConfig, Timing
+from warmgw.sim.tokens import generated_token
 
 # As real vLLM 0.32: no Cache-Control header on SSE responses.
 SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8"}
@@ -52,7 +53,10 @@ class Generation:
         self.process = process
         self.start = start
         self.prompt_tokens = 0
+        self.model = ""
+        self.features: tuple[str, ...] = ()
         self.paid_cold = False
+        self.cold: tuple[str, ...] = ()
         self.ttft: float | None = None
         self.generated = 0
         self.status = 0
@@ -70,6 +74,9 @@ class Generation:
             duration=now - self.start,
             status=self.status,
             outcome=self.outcome,
+            model=self.model,
+            features=self.features,
+            cold=self.cold,
         )
 
     def _elapsed(self) -> float:
@@ -79,6 +86,8 @@ class Generation:
         """Raises ApiError for a request vLLM would reject."""
         req = api.parse_request(self.kind, await self.request.read(), self.ctx.config)
         self.prompt_tokens = req.prompt_tokens
+        self.model = req.model
+        self.features = req.features.tags()
         x_request_id = self.request.headers.get("X-Request-Id")
         rid = api.response_id(self.kind, x_request_id, self.ctx.next_hex_id())
         created = int(self.ctx.now_wall())
@@ -87,10 +96,13 @@ class Generation:
             stream = web.StreamResponse(status=200, headers=SSE_HEADERS)
             await stream.prepare(self.request)
             self.status = 200
-        slot, running = await self.process.admit(req.prompt_tokens + req.max_tokens)
+        kv_tokens = req.prompt_tokens + req.max_tokens * req.features.n
+        slot, running = await self.process.admit(kv_tokens, req.features.adapter)
         metrics = self.process.metrics
         try:
-            timing = self.process.latency.plan(req.prompt_tokens, req.max_tokens, running)
+            timing = self.process.latency.plan(
+                req.prompt_tokens, req.max_tokens, running, req.features
+            )
             self._count_cold(timing)
             await asyncio.sleep(timing.ttft)
             self.ttft = self._elapsed()
@@ -110,6 +122,7 @@ class Generation:
 
     def _count_cold(self, timing: Timing) -> None:
         self.paid_cold = timing.paid_cold
+        self.cold = timing.cold
         if timing.paid_cold:
             if self.warmup:
                 self.ctx.stats.warmup_cold_hits += 1
@@ -120,15 +133,12 @@ class Generation:
         self, req: GenRequest, rid: str, created: int, timing: Timing
     ) -> web.Response:
         if req.kind is Kind.EMBEDDING:
-            body = api.embedding_response(rid, created, req, self.ctx.config.embedding_dim)
+            body = bodies.embedding_response(rid, created, req, self.ctx.config.embedding_dim)
         else:
             if req.max_tokens > 1:
                 await asyncio.sleep(timing.per_token * (req.max_tokens - 1))
-            self.generated = req.max_tokens
-            text = generated_text(req.max_tokens, salt=req.prompt_tokens)
-            body = api.full_response(
-                rid, req.kind, created, req.model, text, req.prompt_tokens, req.max_tokens
-            )
+            self.generated = req.max_tokens * req.features.n
+            body = bodies.full_response(rid, created, req)
         if self.ctx.faults.drop_mid_stream is not None:
             await self._drop()
         self.status, self.outcome = 200, "ok"
@@ -147,18 +157,28 @@ class Generation:
             await resp.write(payload if isinstance(payload, bytes) else api.sse(payload))
             sent += 1
 
+        n, choices, top = req.max_tokens, req.features.n, req.features.logprobs
         if req.kind is Kind.CHAT:
-            await send(api.role_chunk(rid, created, req.model))
-        n = req.max_tokens
+            for c in range(choices):
+                await send(bodies.role_chunk(rid, created, req.model, c))
+        salts = [bodies.choice_salt(req.prompt_tokens, c) for c in range(choices)]
+        offsets = [0] * choices
         for i in range(n):
             if i:
                 await asyncio.sleep(self.ctx.faults.slow_drip or timing.per_token)
-            text = generated_token(i, salt=req.prompt_tokens)
             finish = "length" if i == n - 1 else None
-            await send(api.token_chunk(rid, req.kind, created, req.model, text, finish))
-            self.generated += 1
+            for c, salt in enumerate(salts):
+                text = generated_token(i, salt)
+                lp = bodies.logprobs_for(req.kind, [text], i, top, salt, offsets[c])
+                offsets[c] += len(text)
+                chunk = bodies.token_chunk(rid, req.kind, created, req.model, text, finish, c, lp)
+                await send(chunk)
+                self.generated += 1
         if req.include_usage:
-            await send(api.usage_chunk(rid, req.kind, created, req.model, req.prompt_tokens, n))
+            usage = bodies.usage_chunk(
+                rid, req.kind, created, req.model, req.prompt_tokens, n * choices
+            )
+            await send(usage)
         await send(api.SSE_DONE)
         await resp.write_eof()
         self.outcome = "ok"

@@ -31,7 +31,11 @@ class SimMetrics:
         running: Callable[[], float],
         waiting: Callable[[], float],
         kv_usage: Callable[[], float],
+        max_loras: int | None = None,
+        wall_clock: Callable[[], float] | None = None,
     ) -> None:
+        """``max_loras`` (LoRA enabled) exports vllm:lora_requests_info; ``wall_clock``
+        stamps it (default: the process start time)."""
         self.registry = CollectorRegistry()
         labels = ("model_name", "engine")
         values = (model, "0")
@@ -73,6 +77,19 @@ class SimMetrics:
             buckets=E2E_BUCKETS,
             registry=r,
         ).labels(*values)
+        self._wall = wall_clock or (lambda: start_time)
+        self._lora: Gauge | None = None
+        self._max_loras = str(max_loras)
+        if max_loras is not None:
+            # As vLLM: no model_name/engine labels; each label set seen keeps the time it
+            # was last current, so the series with the highest value is the current one.
+            self._lora = Gauge(
+                "vllm:lora_requests_info",
+                "Running stats on lora requests.",
+                ("max_lora", "waiting_lora_adapters", "running_lora_adapters"),
+                registry=r,
+            )
+            self.lora_update([], [])
         Gauge(
             "process_start_time_seconds",
             "Start time of the process since unix epoch in seconds.",
@@ -81,6 +98,13 @@ class SimMetrics:
 
     def success(self, finished_reason: str) -> None:
         self._success.labels(*self._values, finished_reason).inc()
+
+    def lora_update(self, running: list[str], waiting: list[str]) -> None:
+        """The LoRA adapters of running and waiting requests changed."""
+        if self._lora is not None:
+            self._lora.labels(self._max_loras, ",".join(waiting), ",".join(running)).set(
+                self._wall()
+            )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

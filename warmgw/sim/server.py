@@ -203,7 +203,7 @@ class SimReplica:
 
     def _new_process(self) -> SimProcess:
         ready_at = self._clock() + self.config.load_time
-        return SimProcess(self.config, self._rng, self._wall(), ready_at)
+        return SimProcess(self.config, self._rng, self._wall(), ready_at, self._wall)
 
     async def _begin_loading(self, keep: asyncio.BaseTransport | None) -> None:
         if self.config.refuse_while_loading and self.config.load_time > 0:
@@ -250,6 +250,7 @@ class SimReplica:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/embeddings", self._embeddings)
+        app.router.add_post("/tokenize", self._tokenize)
         add_control_routes(app, self)
 
     # ------------------------------------------------------------ vLLM routes
@@ -262,6 +263,12 @@ class SimReplica:
 
     async def _embeddings(self, request: web.Request) -> web.StreamResponse:
         return await self._inference(request, Kind.EMBEDDING)
+
+    async def _tokenize(self, request: web.Request) -> web.StreamResponse:
+        try:
+            return api.json_response(api.parse_tokenize(await request.read(), self.config))
+        except ApiError as exc:
+            return api.json_response(exc.body(), exc.status)
 
     async def _inference(self, request: web.Request, kind: Kind) -> web.StreamResponse:
         warmup = request.headers.get(WARMUP_HEADER, "").strip().lower() in ("1", "true", "yes")
