@@ -20,13 +20,14 @@ GET  /sim/requests the request log (RequestRecord.as_json each), oldest end firs
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Coroutine
 from typing import Any, Protocol
 
 from aiohttp import web
 
 from warmgw.sim.api import error_body, json_response
-from warmgw.sim.engine import SimProcess, SimStats
+from warmgw.sim.engine import RequestRecord, SimProcess, SimStats
 from warmgw.sim.faults import Faults
 from warmgw.sim.metrics import CONTENT_TYPE
 from warmgw.sim.model import SimConfig
@@ -39,6 +40,7 @@ class ReplicaControl(Protocol):
 
     config: SimConfig
     stats: SimStats
+    log: deque[RequestRecord]  # the last requests served, oldest first
 
     @property
     def process(self) -> SimProcess: ...
