@@ -45,12 +45,12 @@ from warmgw.core.picker import pick
 from warmgw.core.policy import TrafficPolicy
 from warmgw.core.ramp import RampParams
 from warmgw.core.registry import LifecycleParams, OutlierParams, Registry, Transition
-from warmgw.core.stats import shape_key
+from warmgw.core.shapes import latency_key
 from warmgw.discovery.pods import spec_of, view
 
 MODEL = "tiny"
 POOL = "blue"
-KEY = shape_key(False, 100, 16)
+KEY = latency_key("completions", False, 25, 16)
 INFLIGHT = 16  # requests outstanding, as with 16 concurrent clients
 PICK_DT = 0.001  # fake seconds per pick: 1,000 requests/s
 TICK_EVERY = 100  # picks between ticks: the gateway ticks every 0.1 s

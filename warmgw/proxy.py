@@ -107,7 +107,9 @@ class Proxy:
             except (ValueError, RecursionError) as e:
                 return self._error(req, 400, f"request body is not valid JSON: {e}",
                                    "invalid_request_error", "invalid_json")
-            facts = from_json(req.path, obj, len(body), _sole_model(snap))
+            router = self.router
+            facts = from_json(req.path, obj, len(body), _sole_model(snap), router.ratios,
+                              router.profile.keep_spec)
             if isinstance(facts, Refusal):
                 return self._refuse(req, facts)
         elif req.path == "/v1/models" and method in ("GET", "HEAD"):
@@ -206,7 +208,7 @@ class Proxy:
                 body = await up.read()
             except Cut as e:
                 return self._failed(req, ticket, rid, e)
-            ticket.complete(status)
+            ticket.complete(status, prompt_tokens=_prompt_tokens(body))
             req.conn.respond(status, out, body)
         finally:
             up.release()
@@ -254,7 +256,7 @@ class Proxy:
         except ConnectionResetError:
             ticket.left()
             return
-        ticket.complete(up.status, streamed=True)
+        ticket.complete(up.status, streamed=True, prompt_tokens=_prompt_tokens(last))
 
     async def _cut(self, conn: Connection, ticket: Ticket, sse: bool, last: bytes,
                    e: Cut) -> None:
@@ -294,6 +296,26 @@ class Proxy:
             cached = json.dumps({"object": "list", "data": data}).encode()
             self._models_cache = (snap.version, cached)
         return cached
+
+
+PROMPT_TOKENS = b'"prompt_tokens":'
+
+
+def _prompt_tokens(data: bytes) -> int:
+    """usage.prompt_tokens of an OpenAI response body (or a stream's last event), 0 when
+    it has none: the replica's own count of the prompt, found without parsing the body
+    (vLLM writes usage last)."""
+    i = data.rfind(PROMPT_TOKENS)
+    if i < 0:
+        return 0
+    j = i + len(PROMPT_TOKENS)
+    n = len(data)
+    while j < n and data[j] == 32:
+        j += 1
+    k = j
+    while k < n and 48 <= data[k] <= 57:
+        k += 1
+    return int(data[j:k]) if k > j else 0
 
 
 def _sole_model(snap: Snapshot) -> str | None:

@@ -19,11 +19,11 @@ from warmgw.core.registry import (
     Transition,
     UnknownEndpoint,
 )
-from warmgw.core.stats import shape_key
+from warmgw.core.shapes import latency_key
 
 S = State
 M = "m"
-KEY = shape_key(False, 100, 16)
+KEY = latency_key("completions", False, 25, 16)
 FAST = 0.1  # the fleet's latency for KEY
 RAMP_TO_FULL = 8.7  # default ramp: 0.05 doubling every 2 s reaches 1 after 8.64 s
 

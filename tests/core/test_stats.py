@@ -4,22 +4,31 @@ from __future__ import annotations
 
 import pytest
 
-from warmgw.core.stats import Ewma, FleetBaseline, FleetParams, shape_key
+from warmgw.core.shapes import latency_key
+from warmgw.core.stats import Ewma, FleetBaseline, FleetParams
 
-# Requests in one row share a shape; requests in different rows do not.
+
+def shape_key(stream: bool, prompt_tokens: int, max_tokens: int, kind: str = "completions"
+              ) -> int:
+    return latency_key(kind, stream, prompt_tokens, max_tokens)
+
+
+# Requests in one row share a shape; requests in different rows do not. Sizes in tokens.
 SAME_SHAPE = [
-    [(False, 0, 16), (False, 63, 16), (False, 10, 31)],  # prompts under 64 bytes, 16..31 tokens
-    [(True, 0, 16), (True, 63, 31)],  # the same sizes, streamed
-    [(False, 64, 16), (False, 127, 16)],  # 64..127 bytes
-    [(False, 128, 16), (False, 255, 16)],  # 128..255 bytes
-    [(False, 4096, 16), (False, 8191, 16)],  # 4 KiB..8 KiB
+    [(False, 0, 16)],  # no prompt
+    [(False, 1, 16), (False, 1, 31)],  # one prompt token, 16..31 tokens out
+    [(True, 1, 16), (True, 1, 31)],  # the same sizes, streamed
+    [(False, 64, 16), (False, 127, 16)],  # 64..127 prompt tokens
+    [(False, 128, 16), (False, 255, 16)],  # 128..255
+    [(False, 4096, 16), (False, 8191, 16)],  # 4 Ki..8 Ki
     [(False, 8192, 16)],
-    [(False, 0, 32), (False, 0, 63)],  # 32..63 tokens
-    [(False, 0, 1)],
-    [(False, 0, 0)],  # no max_tokens given
-    [(False, 0, 8192), (False, 0, 16383)],
+    [(False, 1, 32), (False, 1, 63)],  # 32..63 tokens out
+    [(False, 1, 1)],
+    [(False, 1, 0)],  # no max_tokens given
+    [(False, 1, 8192), (False, 1, 16383)],
     [(True, 1 << 20, 1 << 15)],  # large values do not spill into another field
     [(False, 1 << 20, 1 << 15)],
+    [(False, 1 << 20, 1 << 15, "chat")],  # chat is its own shape
 ]
 
 
@@ -32,16 +41,17 @@ def test_requests_share_a_key_exactly_when_they_share_a_shape() -> None:
 
 
 def test_key_grid_has_no_collisions() -> None:
-    """Every (stream, prompt bucket, max_tokens bucket) triple gets its own key."""
-    seen: dict[int, tuple[bool, int, int]] = {}
-    for stream in (False, True):
-        for pb in range(0, 24):
-            prompt = 0 if pb == 0 else 64 << (pb - 1)
-            for mb in range(0, 20):
-                mt = 0 if mb == 0 else 1 << (mb - 1)
-                k = shape_key(stream, prompt, mt)
-                assert k not in seen, (seen.get(k), (stream, pb, mb))
-                seen[k] = (stream, pb, mb)
+    """Every (kind, stream, prompt bucket, max_tokens bucket) gets its own key."""
+    seen: dict[int, tuple[str, bool, int, int]] = {}
+    for kind in ("chat", "completions"):
+        for stream in (False, True):
+            for pb in range(0, 24):
+                prompt = 0 if pb == 0 else 1 << (pb - 1)
+                for mb in range(0, 20):
+                    mt = 0 if mb == 0 else 1 << (mb - 1)
+                    k = shape_key(stream, prompt, mt, kind)
+                    assert k not in seen, (seen.get(k), (kind, stream, pb, mb))
+                    seen[k] = (kind, stream, pb, mb)
 
 
 @pytest.mark.parametrize(

@@ -3,9 +3,18 @@ path), and the refusals it answers without picking a replica."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from warmgw.core.stats import shape_key
+from warmgw.core.shapes import (
+    PLAIN,
+    Features,
+    ShapeKey,
+    TokenRatios,
+    features_of,
+    fine,
+    latency_key,
+)
 
 ROUTES = {
     "/v1/chat/completions": "chat",
@@ -22,16 +31,26 @@ def route_of(path: str) -> str:
 class RequestFacts:
     """What a front-end extracts from a request once, cheaply (no tokenizer)."""
 
-    __slots__ = ("key", "max_tokens", "model", "prompt_bytes", "route", "stream")
+    __slots__ = ("features", "key", "max_tokens", "model", "prompt_bytes", "route", "stream",
+                 "tokens")
 
     def __init__(self, route: str, model: str | None, stream: bool, prompt_bytes: int,
-                 max_tokens: int) -> None:
+                 max_tokens: int, tokens: int = 0, features: Features = PLAIN) -> None:
         self.route = route  # "chat", "completions", "embeddings", "models", "other"
         self.model = model
         self.stream = stream
         self.prompt_bytes = prompt_bytes
         self.max_tokens = max_tokens
-        self.key = shape_key(stream, prompt_bytes, max_tokens)
+        self.tokens = tokens  # prompt tokens, estimated from the bytes (0: not a prompt)
+        self.features = features
+        self.key = latency_key(route, stream, tokens, max_tokens)
+
+    def shape(self, prompt_tokens: int) -> ShapeKey | None:
+        """The feature-shape, with the exact prompt size when the replica told it."""
+        if self.route != "chat" and self.route != "completions":
+            return None
+        return ShapeKey(self.model or "", self.route, self.stream,
+                        fine(prompt_tokens or self.tokens), self.features)
 
 
 class Refusal:
@@ -50,10 +69,12 @@ class Refusal:
 
 
 
-def from_json(path: str, obj: Any, body_bytes: int,
-              sole_model: str | None) -> RequestFacts | Refusal:
+def from_json(path: str, obj: Any, body_bytes: int, sole_model: str | None,
+              ratios: TokenRatios, keep: Callable[[str, str], None] | None = None,
+              ) -> RequestFacts | Refusal:
     """The facts of a JSON request body (already parsed), or why it is refused (400).
-    sole_model: the one model the fleet serves, taken when the request names none."""
+    sole_model: the one model the fleet serves, taken when the request names none; keep:
+    given each structured-output spec and tool list (core.shapes.features_of)."""
     if not isinstance(obj, dict):
         return Refusal(400, "request body must be a JSON object", "invalid_request_error",
                        "invalid_json")
@@ -69,4 +90,8 @@ def from_json(path: str, obj: Any, body_bytes: int,
     stream = obj.get("stream") is True
     mt = obj.get("max_tokens") or obj.get("max_completion_tokens")
     max_tokens = mt if type(mt) is int and mt > 0 else 16
-    return RequestFacts(route_of(path), model, stream, body_bytes, max_tokens)
+    route = route_of(path)
+    if route != "chat" and route != "completions":
+        return RequestFacts(route, model, stream, body_bytes, max_tokens)
+    return RequestFacts(route, model, stream, body_bytes, max_tokens,
+                        ratios.estimate(model, body_bytes), features_of(obj, keep))

@@ -7,6 +7,7 @@ from typing import Any
 
 from warmgw.core.lifecycle import State
 from warmgw.core.ramp import LatencyRamp, SlowStart
+from warmgw.core.shapes import ShapeKey
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +29,7 @@ class Endpoint:
         "ejections",
         "errors",
         "inflight",
+        "adapters",
         "max_model_len",
         "models",
         "ramp",
@@ -38,6 +40,7 @@ class Endpoint:
         "requests",
         "retry_at",
         "since",
+        "seen",
         "spec",
         "start_marker",
         "state",
@@ -54,10 +57,13 @@ class Endpoint:
         self.since = now
         self.reason = "discovered"
         self.models: frozenset[str] = frozenset({spec.model} if spec.model else ())
+        self.adapters: frozenset[str] = frozenset()  # models that are LoRA adapters
         self.max_model_len: int | None = None
         self.start_marker: float | None = None  # process_start_time_seconds, when exported
         self.inflight = 0
         self.tickets: set[Any] = set()  # the attempts in flight (core.routing.Ticket)
+        # the feature-shapes this process has served: True if its warmup sent them
+        self.seen: dict[ShapeKey, bool] = {}
         self.requests = 0
         self.errors = 0
         self.consecutive_errors = 0

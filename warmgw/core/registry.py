@@ -242,6 +242,8 @@ class Registry:
             return
         o = self.p.outlier
         ep.ejections += 1
+        if cold:
+            ep.seen.clear()  # a new process: every shape is new to it again
         # A replica that went cold (restart) is probed at once, the first time; one that
         # keeps going down before it is ready again (flapping) backs off like any other.
         backoff = min(o.backoff_max, o.backoff_base * 2 ** (ep.ejections - 1))
@@ -269,6 +271,7 @@ class Registry:
     def rewarm(self, name: str) -> Endpoint:
         ep = self.get(name)
         if ep.state in (State.RAMPING, State.READY):
+            ep.seen.clear()
             self._move(ep, State.WARMING, "rewarm asked by operator")
         elif ep.state is not State.WARMING:
             raise ValueError(f"replica {name!r} is {ep.state}; only a ramping or ready one rewarms")
@@ -276,10 +279,17 @@ class Registry:
 
     # -- hot path ----------------------------------------------------------------------
 
-    def observe(self, ep: Endpoint, model: str, key: int, seconds: float) -> None:
-        """A user request on ep succeeded; seconds is its latency (TTFB for streams)."""
+    def observe(self, ep: Endpoint, model: str, key: int, seconds: float,
+                first_use: bool = False) -> float | None:
+        """A user request on ep succeeded; seconds is its latency (TTFB for streams).
+        Returns its ratio to the fleet's latency for that key (None: too few samples).
+        first_use: the first request of its feature-shape on ep, which may have paid a
+        one-off cost (a compile, a load): it says nothing of ep's steady speed, so it
+        feeds neither the fleet's baseline nor the ramp nor the outlier check."""
         ep.consecutive_errors = 0
         state = ep.state
+        if first_use:
+            return self.fleet.ratio(model, key, seconds) if state in ROUTABLE else None
         if state is State.READY:
             fleet = self.fleet
             ratio = fleet.ratio(model, key, seconds)
@@ -289,13 +299,16 @@ class Registry:
                 fleet.update(model, key, seconds)
             if ratio is not None:
                 self._watch_latency(ep, ratio)
-        elif state is State.RAMPING:
+            return ratio
+        if state is State.RAMPING:
             ramp = ep.ramp
             ratio = self.fleet.ratio(model, key, seconds)
             if ramp is not None and ratio is not None:
                 ramp.observe(ratio, self.clock.now())
                 a = self.p.ramp.ewma_alpha
                 ep.ratio = ratio if ep.ratio is None else ep.ratio + a * (ratio - ep.ratio)
+            return ratio
+        return None
 
     def _watch_latency(self, ep: Endpoint, ratio: float) -> None:
         o = self.p.outlier

@@ -28,8 +28,12 @@ import random
 from collections.abc import Callable, Collection
 from enum import Enum
 from itertools import count
+from typing import NamedTuple
 
 from warmgw.core.clock import Clock
+from warmgw.core.events import Feed
+from warmgw.core.profile import Coverage, ProfileParams, TrafficProfile
+from warmgw.core.shapes import ShapeKey, TokenRatios
 from warmgw.core.facts import Refusal, RequestFacts
 from warmgw.core.model import Endpoint, Route, Snapshot
 from warmgw.core.picker import pick
@@ -41,6 +45,9 @@ class Failure(Enum):
     NOT_SENT = "not_sent"
     UNANSWERED = "unanswered"
     TAKEN = "taken"
+
+
+MAX_SEEN = 4096  # feature-shapes remembered per replica
 
 
 class Ticket:
@@ -67,9 +74,10 @@ class Ticket:
         ep = self.ep
         self.router.stats.count(ep.pool, ep.name, self.facts.route, status)
 
-    def complete(self, status: int, streamed: bool = False) -> None:
+    def complete(self, status: int, streamed: bool = False, prompt_tokens: int = 0) -> None:
         """The replica answered in full with this status. A streamed answer's latency is
-        its time to first byte (first_byte()), any other's the whole exchange."""
+        its time to first byte (first_byte()), any other's the whole exchange.
+        prompt_tokens: the exact prompt size, when the replica reported it (usage)."""
         router = self.router
         ep = self.ep
         facts = self.facts
@@ -86,7 +94,19 @@ class Ticket:
             latency = self.ttfb
         else:
             latency = now - self.t0
-        router.registry.observe(ep, facts.model or "", facts.key, latency)
+        shape = facts.shape(prompt_tokens)
+        if shape is None:
+            router.registry.observe(ep, facts.model or "", facts.key, latency)
+        else:
+            seen = ep.seen
+            warmed = seen.get(shape)
+            first = warmed is None
+            if first:
+                if len(seen) >= MAX_SEEN:
+                    seen.clear()  # bounded; shapes it forgot count as first uses again
+                seen[shape] = False
+            ratio = router.registry.observe(ep, shape.model, facts.key, latency, first)
+            router.learn(ep, shape, prompt_tokens, warmed is True, first, ratio, now)
         router.stats.latency(ep.pool, latency, now - self.t0)
 
     def fail(self, kind: Failure, why: str, status: int = 0, down: bool = False) -> None:
@@ -106,14 +126,45 @@ class Ticket:
         ep.tickets.discard(self)
 
 
+class ColdHit(NamedTuple):
+    """A user request that paid a first-use cost on a replica the gateway called warm."""
+
+    replica: str
+    reason: str  # what was new to it: schema, tools, logprobs, n, media, adapter, prompt_size
+    shape: ShapeKey
+    ratio: float  # its latency over the fleet's for that shape
+    at: float
+
+
 class Router:
     def __init__(self, registry: Registry, clock: Clock, rng: random.Random,
-                 naive: bool = False) -> None:
+                 naive: bool = False, profile: ProfileParams | None = None) -> None:
         self.registry = registry
         self.clock = clock
         self.rng = rng
         self.stats = RequestStats()
         self._cursor = count() if naive else None  # round-robin baseline
+        p = self.profile_params = profile or ProfileParams()
+        self.ratios = TokenRatios()  # bytes per token per model, from /tokenize
+        self.profile = TrafficProfile(p)
+        self.coverage = Coverage(p.coverage_window)
+        self.cold_hits: dict[tuple[str, str], int] = {}  # (replica, reason) -> count
+        self.cold: Feed[ColdHit] = Feed()  # each cold hit, for the edge to log
+
+    def learn(self, ep: Endpoint, shape: ShapeKey, prompt_tokens: int, covered: bool,
+              first: bool, ratio: float | None, now: float) -> None:
+        """A user request of this shape was served by ep: the profile counts it, coverage
+        says whether ep's warmup had sent it, and a first use far slower than the fleet is
+        a cold hit (counted, published, and pinned in the profile so warmups send it)."""
+        self.profile.record(shape, prompt_tokens, now)
+        self.coverage.add(covered, now)
+        if not first or ratio is None or ratio < self.profile_params.cold_ratio:
+            return
+        reason = cold_reason(shape, ep.adapters)
+        k = (ep.name, reason)
+        self.cold_hits[k] = self.cold_hits.get(k, 0) + 1
+        self.profile.pin(shape, now)
+        self.cold.publish(ColdHit(ep.name, reason, shape, ratio, now))
 
     def resolve(self, snap: Snapshot, model: str | None) -> Route | Refusal:
         if model is None:
@@ -159,6 +210,24 @@ class Router:
                     t.cancel()
                     n += 1
         return n
+
+
+def cold_reason(shape: ShapeKey, adapters: frozenset[str]) -> str:
+    """What a cold hit was first to use on its replica, as one of a few label values."""
+    f = shape.features
+    if f.schema:
+        return "schema"
+    if f.tools:
+        return "tools"
+    if f.logprobs:
+        return "logprobs"
+    if f.n > 1:
+        return "n"
+    if f.media:
+        return "media"
+    if shape.model in adapters:
+        return "adapter"
+    return "prompt_size"
 
 
 def retryable(kind: Failure) -> bool:

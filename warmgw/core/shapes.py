@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 DEFAULT_BYTES_PER_TOKEN = 4.0  # English text in a BPE vocabulary, until calibrated
@@ -93,20 +94,19 @@ PLAIN = Features()
 
 
 class ShapeKey(NamedTuple):
-    """A feature-shape: what the profile counts and the warmup sends one request of."""
+    """A feature-shape: what the profile counts and the warmup sends one request of.
+    (max_tokens is not in it: decoding runs per batch, not per request length.)"""
 
     model: str
     kind: str  # "chat" or "completions"
     stream: bool
     bucket: int  # fine(prompt tokens)
-    max_tokens: int  # coarse bucket of max_tokens
     features: Features
 
     def describe(self) -> str:
         mode = "stream" if self.stream else "json"
         lo = math.ceil(2 ** (self.bucket / 4)) if self.bucket >= 0 else 0
-        return (f"{self.model} {self.kind}/{mode} ~{lo} prompt tokens, "
-                f"max_tokens<{2 ** self.max_tokens} {self.features.describe()}")
+        return f"{self.model} {self.kind}/{mode} {lo}+ prompt tokens {self.features.describe()}"
 
 
 def spec_id(spec: Any) -> tuple[str, str]:
@@ -121,8 +121,9 @@ MEDIA = {"image_url": "image", "input_image": "image", "image": "image",
          "input_audio": "audio", "audio_url": "audio", "video_url": "video"}
 
 
-def features_of(obj: dict[str, Any], specs: dict[str, str] | None = None) -> Features:
-    """The features of a request body. specs, when given, receives id -> canonical JSON of
+def features_of(obj: dict[str, Any],
+                keep: Callable[[str, str], None] | None = None) -> Features:
+    """The features of a request body. keep, when given, is handed (id, canonical JSON) of
     each structured-output spec and tool list seen (the profile keeps them, if allowed)."""
     schema = tools = media = ""
     structured = {k: obj[k] for k in STRUCTURED if obj.get(k) is not None}
@@ -131,18 +132,18 @@ def features_of(obj: dict[str, Any], specs: dict[str, str] | None = None) -> Fea
         del structured["response_format"]  # plain text: no grammar
     if structured:
         schema, canon = spec_id(structured)
-        if specs is not None:
-            specs[schema] = canon
+        if keep is not None:
+            keep(schema, canon)
     tl = obj.get("tools")
     if tl:
         spec = {"tools": tl, "tool_choice": obj.get("tool_choice")}
         tools, canon = spec_id(spec)
-        if specs is not None:
-            specs[tools] = canon
+        if keep is not None:
+            keep(tools, canon)
     lp = obj.get("logprobs")
     top = obj.get("top_logprobs")
     logprobs = 0
-    if lp is True or (type(lp) is int and lp >= 0 and lp is not False):
+    if lp is True or (type(lp) is int and lp >= 0):
         logprobs = 1 + (top if type(top) is int and top > 0 else (lp if type(lp) is int else 0))
     elif obj.get("prompt_logprobs") is not None:
         logprobs = 1

@@ -1,7 +1,9 @@
 """Size-normalised latency: requests are compared only with requests of the same shape.
 
-A request's shape is (stream or not, prompt-size bucket, max_tokens bucket), buckets being
-powers of two. The fleet keeps an EWMA of the latency of each shape over its ready
+A request's latency key is core.shapes.latency_key: (kind, stream or not, prompt-size bucket
+in tokens, max_tokens bucket), buckets being powers of two.
+
+The fleet keeps an EWMA of the latency of each shape over its ready
 endpoints (time to first byte for streams, the whole request otherwise); an endpoint's
 latency ratio for one request is its latency over the fleet's for that shape. A ratio of 1
 means "as fast as the fleet for this kind of request", whatever its size.
@@ -10,11 +12,6 @@ means "as fast as the fleet for this kind of request", whatever its size.
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-
-def shape_key(stream: bool, prompt_bytes: int, max_tokens: int) -> int:
-    """One small int per request shape: log2 buckets of prompt bytes and max_tokens."""
-    return ((prompt_bytes >> 6).bit_length() << 8) | (max_tokens.bit_length() << 1) | stream
 
 
 @dataclass(frozen=True, slots=True)
