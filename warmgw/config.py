@@ -20,6 +20,7 @@ from warmgw.core.model import EndpointSpec
 from warmgw.core.ramp import RampParams, SlowStartParams
 from warmgw.core.registry import LifecycleParams, OutlierParams, Strategy
 from warmgw.core.stats import FleetParams
+from warmgw.core.profile import ProfileParams
 from warmgw.core.warm import OnDeadline, WarmProfile
 
 
@@ -104,6 +105,7 @@ class Config:
     health: HealthParams = field(default_factory=HealthParams)
     lifecycle: LifecycleParams = field(default_factory=LifecycleParams)
     warmup: WarmProfile = field(default_factory=WarmProfile)
+    profile: ProfileParams = field(default_factory=ProfileParams)
     cutover: CutoverParams = field(default_factory=CutoverParams)
     replicas: tuple[EndpointSpec, ...] = ()
     kubernetes: KubeParams | None = None
@@ -165,9 +167,10 @@ def _coerce(raw: Any, default: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a number >= 0, got {raw!r}")
         return float(raw)
     if isinstance(default, tuple):
-        if not isinstance(raw, list) or not raw:
+        if not isinstance(raw, list) or (default and not raw):
             raise ConfigError(f"{where}: expected a non-empty list, got {raw!r}")
-        return tuple(_coerce(x, default[0], f"{where}[{i}]") for i, x in enumerate(raw))
+        element = default[0] if default else 0  # an empty default: a list of numbers
+        return tuple(_coerce(x, element, f"{where}[{i}]") for i, x in enumerate(raw))
     if default is None and raw is None:
         return None  # an optional key given as null: its default
     if isinstance(default, str) or default is None:
@@ -227,7 +230,7 @@ def parse_replicas(raw: Any, where: str = "replicas") -> tuple[EndpointSpec, ...
 
 KNOWN = {
     "listen", "admin", "upstream", "clients", "health", "strategy", "ramp", "slow_start", "outlier",
-    "fleet", "warmup", "replicas", "policy", "state_file", "cutover", "discovery",
+    "fleet", "warmup", "replicas", "policy", "state_file", "cutover", "discovery", "profile",
 }
 
 
@@ -279,6 +282,7 @@ def parse(data: Any, source: str | None = None) -> Config:
         health=_build(HealthParams, _section(data, "health"), "health"),
         lifecycle=lifecycle,
         warmup=_build(WarmProfile, _section(data, "warmup"), "warmup"),
+        profile=_build(ProfileParams, _section(data, "profile"), "profile"),
         cutover=_build(CutoverParams, _section(data, "cutover"), "cutover"),
         replicas=parse_replicas(data.get("replicas")),
         active_pool=active,
@@ -307,9 +311,16 @@ def _check(cfg: Config) -> None:
         if kind not in ("chat", "completions"):
             raise ConfigError(f"warmup.kinds: expected chat or completions, got {kind!r}")
     for name, values in (("prompt_lengths", w.prompt_lengths), ("max_tokens", w.max_tokens),
-                         ("concurrency", w.concurrency)):
+                         ("concurrency", w.concurrency),
+                         ("extra_prompt_lengths", w.extra_prompt_lengths)):
         if any(v < 1 for v in values):
             raise ConfigError(f"warmup.{name}: every value must be >= 1, got {list(values)}")
+    pr = cfg.profile
+    if not 0.0 < pr.coverage <= 1.0 or pr.half_life <= 0 or pr.max_shapes < 1:
+        raise ConfigError(f"profile: expected 0 < coverage <= 1, half_life > 0, max_shapes "
+                          f">= 1, got {pr}")
+    if w.max_batch < 1:
+        raise ConfigError(f"warmup.max_batch: expected >= 1, got {w.max_batch}")
     if w.max_rounds < 1 or w.max_concurrent < 1:
         raise ConfigError("warmup.max_rounds and warmup.max_concurrent must be >= 1")
     c = cfg.clients
