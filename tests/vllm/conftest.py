@@ -8,7 +8,8 @@ and minutes of start-up. `make test-vllm` builds what is needed and runs this di
     WARMGW_VLLM=1 .venv/bin/pytest -q tests/vllm
 
 Environment: WARMGW_VLLM_VENV (default ~/.cache/warmgw/vllm-venv), WARMGW_VLLM_MODEL
-(default ~/.cache/warmgw/tiny-llama; built here if missing), WARMGW_VLLM_KEEP_LOGS=1 keeps
+(default ~/.cache/warmgw/tiny-llama; built here if missing or built by an older recipe of
+build_model.py), WARMGW_VLLM_KEEP_LOGS=1 keeps
 the replica logs after a passing session. Replicas listen on 127.0.0.1 only; every
 process is started in its own session and killed with its whole process group.
 """
@@ -16,6 +17,7 @@ process is started in its own session and killed with its whole process group.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -30,7 +32,10 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
+
+from tests.vllm.build_model import is_current
 
 HERE = Path(__file__).resolve().parent
 ENABLED = os.environ.get("WARMGW_VLLM") == "1"
@@ -80,9 +85,12 @@ def tail(path: Path, lines: int = 60) -> str:
 class Replica:
     """One `vllm.entrypoints.openai.api_server` process (and its engine core child)."""
 
-    def __init__(self, name: str, cpu: int, workdir: Path) -> None:
+    def __init__(
+        self, name: str, cpu: int, workdir: Path, extra_args: tuple[str, ...] = ()
+    ) -> None:
         self.name = name
         self.cpu = cpu
+        self.extra_args = extra_args  # more `vllm serve` flags (LoRA, tool parser, ...)
         self.port = free_port()
         self.log_path = workdir / f"{name}.log"
         self.cache_root = workdir / f"{name}-cache"
@@ -103,6 +111,7 @@ class Replica:
             "--host", "127.0.0.1", "--port", str(self.port),
             "--max-model-len", str(MAX_MODEL_LEN), "--enforce-eager",
             "--num-gpu-blocks-override", "16", "--max-num-seqs", "8",
+            *self.extra_args,
         ]  # fmt: skip
 
     def env(self) -> dict[str, str]:
@@ -238,15 +247,49 @@ class Replicas:
 
 
 def ensure_model() -> None:
+    """The tiny model, (re)built unless the cached one comes from this build_model.py."""
     python = VENV / "bin" / "python"
     if not python.exists():
-        pytest.fail(f"no vLLM venv at {VENV}: run scripts/vllm-env.sh or `make test-vllm` first")
-    if (MODEL / "warmgw-tiny.json").exists():
+        raise RuntimeError(
+            f"no vLLM venv at {VENV}: run scripts/vllm-env.sh or `make test-vllm` first"
+        )
+    if is_current(MODEL):
         return
     subprocess.run(
         [str(python), str(HERE / "build_model.py"), str(MODEL)],
         check=True, timeout=BUILD_TIMEOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
+
+
+async def count_tokens(s: aiohttp.ClientSession, url: str, prompt: str) -> int:
+    """The prompt's length in the replica's own tokens (vLLM's POST /tokenize)."""
+    async with s.post(url + "/tokenize", json={"model": SERVED, "prompt": prompt}) as r:
+        assert r.status == 200, await r.text()
+        return int(json.loads(await r.read())["count"])
+
+
+async def sized_prompt(s: aiohttp.ClientSession, url: str, tokens: int) -> tuple[str, int]:
+    """Plain text of `tokens` tokens (or just under, if no filler fits) and its count.
+
+    Sized with the server's tokenizer: the tiny model's tokenizer splits words ("hello" is
+    several tokens), so a word count says little about a token count."""
+    per_word = await count_tokens(s, url, " ".join(["hello"] * 64)) / 64
+    words = max(1, int(tokens / per_word))
+    text = " ".join(["hello"] * words)
+    n = await count_tokens(s, url, text)
+    while n > tokens and words > 1:
+        words -= 1
+        text = " ".join(["hello"] * words)
+        n = await count_tokens(s, url, text)
+    for _ in range(16):  # top up with short words, usually one token each
+        if n >= tokens:
+            break
+        longer = text + " a"
+        m = await count_tokens(s, url, longer)
+        if m > tokens:
+            break
+        text, n = longer, m
+    return text, n
 
 
 SHM_PREFIXES = ("psm_", "sem.mp-")  # shared memory and semaphores of multiprocessing

@@ -19,12 +19,12 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.vllm.conftest import MAX_MODEL_LEN, MODEL, SERVED, Replicas
+from tests.vllm.conftest import MAX_MODEL_LEN, MODEL, SERVED, Replicas, sized_prompt
 from warmgw.supervisor import start_marker
 
 pytestmark = pytest.mark.timeout(600)
 
-LONG = " ".join(["hello"] * 1100)
+LONG = " ".join(["hello"] * 1100)  # over 1024 tokens with any tokenizer: >= 1 token a word
 
 
 @pytest.fixture(autouse=True)
@@ -199,8 +199,9 @@ async def test_chunks_per_token_and_empty_deltas(s: aiohttp.ClientSession, url: 
 
 
 async def test_headers_go_out_before_the_first_token(s: aiohttp.ClientSession, url: str) -> None:
-    body = {"model": SERVED, "prompt": " ".join(["hello"] * 900), "max_tokens": 2,
-            "stream": True}
+    prompt, n = await sized_prompt(s, url, 900)
+    assert 850 <= n <= 900, n
+    body = {"model": SERVED, "prompt": prompt, "max_tokens": 2, "stream": True}
     t0 = time.monotonic()
     async with s.post(url + "/v1/completions", json=body) as r:
         headers_at = time.monotonic() - t0
@@ -229,10 +230,11 @@ async def test_request_id_header_sets_the_response_id_only(
 async def test_prompt_plus_max_tokens_over_the_limit_is_clamped(
     s: aiohttp.ClientSession, url: str
 ) -> None:
+    prompt, n = await sized_prompt(s, url, 1000)
+    assert 950 <= n <= 1000, n  # under max_model_len, but not with 100 tokens more
     st, _, raw = await post(s, url + "/v1/completions", {
-        "model": SERVED, "prompt": " ".join(["hello"] * 1000), "max_tokens": 100,
-        "ignore_eos": True})
-    assert st == 200  # not a 400: generation stops at max_model_len
+        "model": SERVED, "prompt": prompt, "max_tokens": 100, "ignore_eos": True})
+    assert st == 200, raw  # not a 400: generation stops at max_model_len
     usage = json.loads(raw)["usage"]
     assert usage["total_tokens"] == MAX_MODEL_LEN and usage["completion_tokens"] < 100
 
