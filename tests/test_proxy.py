@@ -155,7 +155,7 @@ async def test_out_of_file_descriptors_is_a_503_and_no_replica_is_blamed(gw, fle
     the replicas stay in rotation (they used to be ejected as 'down')."""
     import errno
 
-    from warmgw.supervisor import out_of_fds
+    from warmgw.probe import out_of_fds
 
     loop = asyncio.get_running_loop()
     pool = gw.proxy.pool

@@ -34,7 +34,9 @@ from warmgw.listener import UserListener
 from warmgw.policy.configmap import ConfigMapStore
 from warmgw.policy.keeper import PolicyKeeper
 from warmgw.policy.stores import FileStore, MemoryStore, PolicyStore
+from warmgw.probe import log_cold_hit
 from warmgw.proxy import Proxy
+from warmgw.reactor import consume
 from warmgw.replicas import Reaction, Replicas
 from warmgw.supervisor import Supervisor
 from warmgw.warmup import Warmer
@@ -98,7 +100,7 @@ class Gateway:
         # checks would keep a whole burst's connections alive forever by taking them in turn.
         self.control_session = _session(up.connect_timeout)
         self.warm_session = _session(up.connect_timeout)
-        self.warmer = Warmer(self.warm_session, cfg.warmup, clock)
+        self.warmer = Warmer(self.warm_session, cfg.warmup, clock, self.router.ratios)
         self.replicas = Replicas(self.registry)
 
         k = cfg.kubernetes
@@ -121,7 +123,7 @@ class Gateway:
         self.bluegreen.on_change = self.policy.changed
         self.supervisor = Supervisor(self.registry, self.replicas, self.control_session,
                                      self.warmer, cfg.warmup, cfg.health, clock,
-                                     coordinator=self.kube)
+                                     coordinator=self.kube, traffic=self.router.profile)
         self.cutover = CutoverDriver(self.bluegreen, self.registry, self.router, self.warmer,
                                      cfg.cutover, clock)
         self.pool = Pool(up.connect_timeout, up.read_timeout, UPSTREAM_KEEPALIVE)
@@ -131,7 +133,7 @@ class Gateway:
             reactions.append(self.kube)
         self.replicas.react_with(reactions)
         collectors = metrics.registry_for(
-            metrics.GatewayCollector(self.registry, self.bluegreen, self.router.stats,
+            metrics.GatewayCollector(self.registry, self.bluegreen, self.router,
                                      self.supervisor),
             metrics.RuntimeCollector(lambda: self.client_connections),
         )
@@ -140,6 +142,8 @@ class Gateway:
         self.admin = Admin(cfg.admin.token, self.registry, self.bluegreen, self.policy,
                            self.static, str(cfg.lifecycle.strategy)) if cfg.admin.token else None
         self._admin_runner: web.AppRunner | None = None
+        self._cold_hits = self.router.cold.subscribe()
+        self._cold_log: asyncio.Task[None] | None = None
         self.port = 0
         self.admin_port = 0
 
@@ -187,6 +191,8 @@ class Gateway:
         if self.kube is not None:
             await self.kube.start()
         await self.cutover.start()
+        self._cold_log = asyncio.create_task(consume(self._cold_hits, log_cold_hit),
+                                             name="warmgw-cold-hits")
         self.port = await self.listener.listen(cfg.listen.host, cfg.listen.port)
         log.info("warmgw serving on %s (strategy %s)", self.url, cfg.lifecycle.strategy)
         if self.admin is not None:
@@ -222,6 +228,9 @@ class Gateway:
             stops.append(runner.cleanup())
         await asyncio.gather(*stops)
         await self.pool.close()
+        if self._cold_log is not None:
+            self._cold_log.cancel()
+            await asyncio.gather(self._cold_log, return_exceptions=True)
         await self.cutover.stop()
         await self.replicas.stop()
         await self.supervisor.stop()

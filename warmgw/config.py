@@ -17,10 +17,10 @@ import yaml
 
 from warmgw.core.bluegreen import CutoverParams
 from warmgw.core.model import EndpointSpec
+from warmgw.core.profile import ProfileParams
 from warmgw.core.ramp import RampParams, SlowStartParams
 from warmgw.core.registry import LifecycleParams, OutlierParams, Strategy
 from warmgw.core.stats import FleetParams
-from warmgw.core.profile import ProfileParams
 from warmgw.core.warm import OnDeadline, WarmProfile
 
 

@@ -11,6 +11,7 @@ from warmgw.core.clock import Clock
 from warmgw.core.lifecycle import WARM
 from warmgw.core.registry import Registry
 from warmgw.core.routing import Router
+from warmgw.probe import base_model
 from warmgw.warmup import Warmer
 
 log = logging.getLogger("warmgw")
@@ -58,7 +59,8 @@ class CutoverDriver:
         eps = [e for e in self.registry.endpoints.values()
                if e.pool in pools and e.state in WARM and e.models]
         results = await asyncio.gather(
-            *(self.warmer.keep_warm(e.url, sorted(e.models)[0], e.max_model_len) for e in eps),
+            *(self.warmer.keep_warm(e.url, base_model(e.models, e.adapters), e.max_model_len)
+              for e in eps),
             return_exceptions=True,
         )
         for ep, res in zip(eps, results, strict=True):

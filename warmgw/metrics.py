@@ -23,7 +23,8 @@ from prometheus_client.registry import Collector
 from warmgw.core.bluegreen import BlueGreen
 from warmgw.core.lifecycle import ROUTABLE, State
 from warmgw.core.registry import Registry
-from warmgw.core.telemetry import Histogram, RequestStats
+from warmgw.core.routing import Router
+from warmgw.core.telemetry import Histogram
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -45,15 +46,18 @@ class WarmupView(Protocol):
     @property
     def requests_sent(self) -> int: ...
 
+    @property
+    def refused(self) -> int: ...
+
     def engine(self, name: str) -> dict[str, float]: ...
 
 
 class GatewayCollector(Collector):
-    def __init__(self, registry: Registry, bluegreen: BlueGreen, requests: RequestStats,
+    def __init__(self, registry: Registry, bluegreen: BlueGreen, router: Router,
                  warmups: WarmupView) -> None:
         self.registry = registry
         self.bluegreen = bluegreen
-        self.requests = requests
+        self.router = router
         self.warmups = warmups
 
     def collect(self) -> Iterator[Metric]:
@@ -63,7 +67,7 @@ class GatewayCollector(Collector):
         sup = self.warmups
 
         # user requests
-        stats = self.requests
+        stats = self.router.stats
         c = CounterMetricFamily(
             "warmgw_requests", "User requests by pool, replica, route and status code "
             "(499: the client left; replica empty: answered by the gateway itself).",
@@ -134,6 +138,24 @@ class GatewayCollector(Collector):
                                   value=sup.requests_sent)
         yield _histogram("warmgw_warmup_duration_seconds", "How long warmups took.",
                          [], [([], sup.warmup_seconds)])
+        yield CounterMetricFamily("warmgw_warmup_refused",
+                                  "Warmup requests a replica refused (4xx): the shape was "
+                                  "dropped from that warmup, the replica not blamed.",
+                                  value=sup.refused)
+        hits = CounterMetricFamily(
+            "warmgw_cold_hits", "User requests that paid a first-use cost on a replica the "
+            "gateway had called warm, by what was new to it.", labels=["replica", "reason"])
+        for (replica, reason), n in sorted(self.router.cold_hits.items()):
+            hits.add_metric([replica, reason], n)
+        yield hits
+        coverage = self.router.coverage.ratio(now)
+        if coverage is not None:
+            yield GaugeMetricFamily(
+                "warmgw_warmup_coverage_ratio", "Share of the last hour's user requests whose "
+                "feature-shape the serving replica's warmup had sent.", value=coverage)
+        yield GaugeMetricFamily("warmgw_profile_shapes",
+                                "Feature-shapes in the learned traffic profile.",
+                                value=len(self.router.profile.shapes))
 
         bg = self.bluegreen
         share = GaugeMetricFamily("warmgw_pool_share", "Share of new requests per pool.",

@@ -6,8 +6,9 @@ reports it gone, so nothing outlives its replica: the task that probes or warms 
 health-check counts, the vLLM gauges last read from it, its warmup Lease and readiness-gate
 state. Transitions are taken from the registry's feed by this owner's task, outside the
 call that caused them, and handed to the owners that react, in a fixed order: first each
-`Reaction` in the order given at composition (the supervisor: probes, warmups; Kubernetes:
-the readiness gate), then, for a gone replica, the record is closed and dropped.
+`Reaction` in the order given at composition (the supervisor: probes, warmups; the proxy:
+pooled connections of a gone replica; Kubernetes: the readiness gate), then, for a gone
+replica, the record is closed and dropped.
 """
 
 from __future__ import annotations

@@ -81,24 +81,34 @@ class Sizer:
         lock = self._locks.setdefault(model, asyncio.Lock())
         async with lock:
             if model in self._models:
-                m = self._models[model]
-                if m is None or len(m.ids) >= limit:
-                    return m
-            words = max(64, int(limit * 1.2))
-            m = None
-            for _ in range(3):
+                known = self._models[model]
+                if known is None or len(known.ids) >= limit:
+                    return known
+            # a short text first (a replica may refuse to tokenize more than its context),
+            # then one of about `limit` tokens at the ratio measured
+            m: _Model | None = None
+            words = 256
+            for _ in range(2):
                 text = text_of(words)
-                got = await self._tokenize(url, {"model": model, "prompt": text})
+                try:
+                    got = await self._tokenize(url, {"model": model, "prompt": text})
+                except ValueError as e:
+                    log.info("replica %s: /tokenize failed (%s)", url, e)
+                    got = None
                 if got is None:
-                    log.info("replica %s has no /tokenize: warmup prompts sized by a guess of "
-                             "%g tokens per word", url, GUESS_TOKENS_PER_WORD)
+                    if m is None:
+                        log.info("replica %s: no /tokenize; warmup prompts sized by a guess "
+                                 "of %g tokens per word", url, GUESS_TOKENS_PER_WORD)
                     break
                 count, ids = got
-                m = _Model(ids, words / max(1, count))
+                if m is None or len(ids) > len(m.ids):
+                    m = _Model(ids, words / max(1, count))
                 self.ratios.set(model, len(text.encode()), count)
                 if len(ids) >= limit or not ids:
                     break
-                words = int(words * limit / max(1, len(ids)) * 1.1) + 16
+                words = int(limit * m.words_per_token * 0.9)
+                if words <= 256:
+                    break
             self._models[model] = m
             return m
 
@@ -131,8 +141,11 @@ class Sizer:
                 break
             tried.add(words)
             text = text_of(words)
-            got = await self._tokenize(url, {"model": model, "messages": [
-                {"role": "user", "content": text}]})
+            try:
+                got = await self._tokenize(url, {"model": model, "messages": [
+                    {"role": "user", "content": text}]})
+            except ValueError:
+                got = None  # e.g. a tokenizer without a chat template
             if got is None:
                 return text_of(int(n / GUESS_TOKENS_PER_WORD)), 0
             count = got[0]

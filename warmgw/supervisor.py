@@ -6,9 +6,7 @@ here, created on start and cancelled and awaited on stop."""
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
-import re
 from typing import Any, Protocol
 
 import aiohttp
@@ -17,21 +15,24 @@ from warmgw.config import HealthParams
 from warmgw.core.clock import Clock
 from warmgw.core.lifecycle import State
 from warmgw.core.model import Endpoint
+from warmgw.core.profile import ProfileParams, TrafficProfile
 from warmgw.core.registry import Registry, Transition
 from warmgw.core.telemetry import Histogram
-from warmgw.core.warm import OnDeadline, WarmProfile
+from warmgw.core.warm import OnDeadline, WarmProfile, WarmShape, adapter_shapes, learned_shapes
+from warmgw.probe import (
+    Probe,
+    ProbeFailed,
+    base_model,
+    engine_gauges,
+    out_of_fds,
+    start_marker,
+)
+from warmgw.probe import what as _what
 from warmgw.replicas import Replica, Replicas
 from warmgw.slots import Slots
 from warmgw.warmup import Warmer, WarmupFailed
 
 log = logging.getLogger("warmgw.lifecycle")
-
-_START = re.compile(rb"^process_start_time_seconds(?:\{[^}]*\})?\s+(\S+)", re.M)
-_ENGINE = re.compile(
-    rb"^vllm:(num_requests_waiting|num_requests_running|kv_cache_usage_perc|gpu_cache_usage_perc)"
-    rb"(?:\{[^}]*\})?\s+(\S+)", re.M,
-)
-
 
 WARMUP_BUCKETS = (1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
@@ -46,31 +47,6 @@ class WarmCoordinator(Protocol):
     def release(self, name: str) -> None: ...
 
 
-class ProbeFailed(Exception):
-    pass
-
-
-def engine_gauges(metrics_text: bytes) -> dict[str, float]:
-    """vLLM's queue and KV-cache gauges, summed over engines; KV usage under one name."""
-    out: dict[str, float] = {}
-    for m in _ENGINE.finditer(metrics_text):
-        name = m.group(1).decode().replace("gpu_cache_usage_perc", "kv_cache_usage_perc")
-        try:
-            out[name] = out.get(name, 0.0) + float(m.group(2))
-        except ValueError:
-            continue
-    return out
-
-
-def start_marker(metrics_text: bytes) -> float | None:
-    """process_start_time_seconds from a Prometheus exposition, if present."""
-    m = _START.search(metrics_text)
-    try:
-        return float(m.group(1)) if m else None
-    except ValueError:
-        return None
-
-
 class Supervisor:
     def __init__(
         self,
@@ -82,8 +58,10 @@ class Supervisor:
         health: HealthParams,
         clock: Clock,
         coordinator: WarmCoordinator | None = None,
+        traffic: TrafficProfile | None = None,
     ) -> None:
         self.coordinator = coordinator
+        self.traffic = traffic or TrafficProfile(ProfileParams())  # what users send
         self.registry = registry
         self.replicas = replicas
         self.session = session
@@ -152,6 +130,10 @@ class Supervisor:
     def requests_sent(self) -> int:
         return self.warmer.requests_sent
 
+    @property
+    def refused(self) -> int:
+        return self.warmer.refused
+
     def engine(self, name: str) -> dict[str, float]:
         """The vLLM gauges last read from a replica (empty when never read)."""
         rec = self.replicas.get(name)
@@ -159,7 +141,7 @@ class Supervisor:
 
     # -- probing -------------------------------------------------------------------------
 
-    async def probe_once(self, ep: Endpoint) -> tuple[frozenset[str], int | None, float | None]:
+    async def probe_once(self, ep: Endpoint) -> Probe:
         timeout = aiohttp.ClientTimeout(total=self.health.timeout)
         async with self.session.get(ep.url + "/health", timeout=timeout) as r:
             await r.read()
@@ -173,10 +155,12 @@ class Supervisor:
             items = data["data"]
             models = frozenset(str(m["id"]) for m in items)
             lens = [m.get("max_model_len") for m in items if isinstance(m, dict)]
-        except (KeyError, TypeError) as e:
+            # vLLM lists a LoRA adapter with its base model as parent
+            adapters = frozenset(str(m["id"]) for m in items if m.get("parent"))
+        except (KeyError, TypeError, AttributeError) as e:
             raise ProbeFailed(f"/v1/models is not an OpenAI model list: {e!r}") from None
         max_len = next((n for n in lens if isinstance(n, int)), None)
-        return models, max_len, await self.marker(ep)
+        return Probe(models, adapters, max_len, await self.marker(ep))
 
     async def marker(self, ep: Endpoint) -> float | None:
         """Read the replica's /metrics: its start time, and its queue and KV gauges."""
@@ -200,7 +184,7 @@ class Supervisor:
         failing = False
         while ep.state is State.PROBING:
             try:
-                models, max_len, marker = await self.probe_once(ep)
+                probe = await self.probe_once(ep)
             except asyncio.CancelledError:
                 raise
             except (aiohttp.ClientError, TimeoutError, ProbeFailed, ValueError) as e:
@@ -210,11 +194,12 @@ class Supervisor:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.health.probe_backoff_max)
                 continue
-            if not models:
+            if not probe.models:
                 log.warning("replica %s: /v1/models lists no model", ep.name)
                 await asyncio.sleep(delay)
                 continue
-            self.registry.probe_ok(ep.name, models, max_len, marker)
+            self.registry.probe_ok(ep.name, probe.models, probe.max_model_len, probe.marker,
+                                   probe.adapters)
             return
 
     # -- warming -------------------------------------------------------------------------
@@ -250,12 +235,14 @@ class Supervisor:
         async with self._warm_slots.hold(priority=0 if ep.requests else 1):
             if ep.state is not State.WARMING:
                 return
-            model = sorted(ep.models)[0]
-            ref = self.registry.warm_reference.get(model)
+            base = base_model(ep.models, ep.adapters)
+            ref = self.registry.warm_reference.get(base)
+            extra = self._extra_shapes(ep)
             started = self.clock.now()
             try:
                 async with asyncio.timeout(self.profile.deadline):
-                    result = await self.warmer.warm(ep.url, model, ep.max_model_len, ref, ep.name)
+                    result = await self.warmer.warm(ep.url, base, ep.max_model_len, ref, ep.name,
+                                                    extra, self.traffic.specs)
             except asyncio.CancelledError:
                 raise
             except TimeoutError:
@@ -273,10 +260,31 @@ class Supervisor:
                 f"warm: converged after {result.rounds} round(s), {result.requests} requests"
                 f" in {result.seconds:.1f} s"
             )
-            self.registry.warm_done(ep.name, result.rounds, result.latencies, why)
+            self.registry.warm_done(ep.name, result.rounds, result.latencies, why, result.sent)
         else:
             left = ", ".join(result.unsettled[:3])
             self._deadline(ep, f"not converged after {result.rounds} round(s) ({left})")
+
+    def _extra_shapes(self, ep: Endpoint) -> list[WarmShape]:
+        """Beyond the grid: the shapes users send to this replica's models (most used
+        first), then the adapters it lists that those do not name; adapters at most as
+        many as it holds at once (max_lora), most used first, so warming evicts none."""
+        p = self.profile
+        limit, mt = p.limit(ep.max_model_len), min(p.max_tokens)
+        top = self.traffic.top(self.clock.now(), ep.models) if p.learned else []
+        used: dict[str, float] = {}
+        for key, _, share in top:
+            used[key.model] = used.get(key.model, 0.0) + share
+        lora = self.engine(ep.name).get("max_lora")
+        max_lora = int(lora) if lora is not None else None
+        adapters = sorted(ep.adapters, key=lambda a: (-used.get(a, 0.0), a))
+        allowed = set(adapters[:max_lora] if max_lora is not None else adapters)
+        top = [row for row in top if row[0].model not in ep.adapters or row[0].model in allowed]
+        extra = learned_shapes(top, limit, mt, p.learned_requests)
+        if p.adapters and ep.adapters:
+            named = {s.model for s in extra if s.model in ep.adapters}
+            extra += adapter_shapes(adapters, used, named, max_lora, p.kinds[0], mt)
+        return extra
 
     def _count(self, outcome: str, started: float) -> None:
         self.warmups[outcome] = self.warmups.get(outcome, 0) + 1
@@ -349,18 +357,3 @@ class Supervisor:
         marker = await self.marker(ep)
         if marker is not None and ep.start_marker is not None and marker != ep.start_marker:
             self.registry.eject(ep, "restarted (process_start_time_seconds changed)", cold=True)
-
-
-def out_of_fds(e: BaseException) -> bool:
-    """EMFILE/ENFILE: the gateway (or the host) has no file descriptor left to connect
-    with; not a sign that the replica is down."""
-    os_error = getattr(e, "os_error", e)
-    return isinstance(os_error, OSError) and os_error.errno in (errno.EMFILE, errno.ENFILE)
-
-
-def _what(e: BaseException) -> str:
-    if isinstance(e, TimeoutError):
-        return "timed out"
-    if isinstance(e, aiohttp.ClientConnectorError):  # without aiohttp's ssl/errno noise
-        return f"cannot connect to {e.host}:{e.port} ({e.os_error.strerror or e.os_error})"
-    return str(e) or type(e).__name__

@@ -1,5 +1,12 @@
 """The gateway warms a replica itself: rounds of synthetic requests until every request
-shape's latency has converged (see core/warm.py for the rule)."""
+shape's latency has converged (see core/warm.py for what a round sends and the rule).
+
+Prompts are sized in the replica's own tokens (warmgw.sizing). A warmup request the
+replica refuses (4xx) is the warmup's mistake, not the replica's: that shape is dropped
+and logged, and the replica is never ejected for it; a prompt refused as too long is
+shrunk and tried again first. Only a replica that fails (5xx, a broken connection, a
+timeout) fails its warmup.
+"""
 
 from __future__ import annotations
 
@@ -12,15 +19,32 @@ from typing import Any
 import aiohttp
 
 from warmgw.core.clock import Clock
+from warmgw.core.shapes import PLAIN, ShapeKey, TokenRatios, fine
 from warmgw.core.warm import Convergence, WarmProfile, WarmShape
+from warmgw.sizing import Sizer
 
 log = logging.getLogger("warmgw.warmup")
 
 WARMUP_HEADER = "X-Warmgw-Warmup"
+SHRINKS = 3  # a prompt refused as too long is halved at most this often
+# a 1x1 PNG and a 10 ms silent WAV: the smallest media a multimodal encoder runs on
+PNG = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8"
+       "/5+hHgAHggJ/PchI7wAAAABJRU5ErkJggg==")
+WAV = "UklGRjQAAABXQVZFZm10IBAAAAABAAEAQB8AAIA+AAACABAAZGF0YRAAAAAAAAAAAAAAAAAAAAAAAAAA"
 
 
 class WarmupFailed(Exception):
-    pass
+    """The replica failed a warmup request on its side."""
+
+
+class Refused(Exception):
+    """The replica refused a warmup request (4xx): the warmup's own mistake."""
+
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(f"HTTP {status}: {text}")
+        self.status = status
+        self.too_long = status == 400 and ("context length" in text or "maximum context"
+                                           in text or "too long" in text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,73 +55,136 @@ class WarmResult:
     requests: int
     latencies: dict[str, float]  # the last round's, per shape
     unsettled: tuple[str, ...]
+    sent: frozenset[ShapeKey] = frozenset()  # the feature-shapes the replica has served
+    dropped: tuple[str, ...] = ()  # shapes the replica refused, with why
 
 
-def prompt_text(tokens: int) -> str:
-    """About `tokens` tokens of plain text: one common word per token."""
-    return " ".join(["hello"] * tokens)
+class _Run:
+    """One warmup of one replica: where, and what it learned on the way."""
 
-
-def request_for(shape: WarmShape, model: str) -> tuple[str, dict[str, Any]]:
-    text = prompt_text(shape.prompt_tokens)
-    body: dict[str, Any] = {
-        "model": model,
-        "max_tokens": shape.max_tokens,
-        "temperature": 0,
-        "stream": shape.stream,
-    }
-    if shape.kind == "chat":
-        body["messages"] = [{"role": "user", "content": text}]
-        path = "/v1/chat/completions"
-    else:
-        body["prompt"] = text
-        path = "/v1/completions"
-    return path, body
+    def __init__(self, url: str, base: str, limit: int, specs: dict[str, str]) -> None:
+        self.url = url
+        self.base = base
+        self.limit = limit
+        self.specs = specs
+        self.requests = 0
+        self.sent: set[ShapeKey] = set()
+        self.dropped: dict[str, str] = {}
+        self.shrunk: dict[str, int] = {}  # shape key -> prompt tokens after shrinking
 
 
 class Warmer:
-    def __init__(self, session: aiohttp.ClientSession, profile: WarmProfile, clock: Clock) -> None:
+    def __init__(self, session: aiohttp.ClientSession, profile: WarmProfile, clock: Clock,
+                 ratios: TokenRatios | None = None) -> None:
         self.session = session
         self.p = profile
         self.clock = clock
+        self.sizer = Sizer(session, ratios or TokenRatios())
         self.requests_sent = 0
+        self.refused = 0  # warmup requests replicas refused (shapes dropped)
 
-    async def _one(self, url: str, shape: WarmShape, model: str, sent: list[int]) -> float:
-        path, body = request_for(shape, model)
+    async def _body(self, run: _Run, shape: WarmShape) -> tuple[str, dict[str, Any], int]:
+        n = run.shrunk.get(shape.key, shape.prompt_tokens)
+        model = shape.model or run.base
+        body: dict[str, Any] = {"model": model, "max_tokens": shape.max_tokens,
+                                "temperature": 0, "stream": shape.stream}
+        f = shape.features
+        if shape.kind == "chat":
+            text, tokens = await self.sizer.chat_content(run.url, run.base, n, run.limit)
+            content: Any = text
+            if f.media:
+                content = [{"type": "text", "text": text}]
+                if "image" in f.media:
+                    content.append({"type": "image_url", "image_url": {"url": PNG}})
+                if "audio" in f.media:
+                    content.append({"type": "input_audio",
+                                    "input_audio": {"data": WAV, "format": "wav"}})
+            body["messages"] = [{"role": "user", "content": content}]
+            path = "/v1/chat/completions"
+            if f.logprobs:
+                body["logprobs"] = True
+                if f.logprobs > 1:
+                    body["top_logprobs"] = f.logprobs - 1
+        else:
+            prompt, tokens = await self.sizer.completion_prompt(run.url, run.base, n,
+                                                                run.limit)
+            body["prompt"] = prompt
+            path = "/v1/completions"
+            if f.logprobs:
+                body["logprobs"] = f.logprobs - 1
+        if f.n > 1:
+            body["n"] = f.n
+            body["temperature"] = 1.0  # vLLM refuses n > 1 with greedy sampling
+        for spec_id in (f.schema, f.tools):
+            if spec_id:
+                spec = run.specs.get(spec_id)
+                if spec is None:
+                    raise Refused(0, f"spec {spec_id} is not kept (profile.keep_specs)")
+                body.update({k: v for k, v in json.loads(spec).items() if v is not None})
+        return path, body, tokens or n
+
+    async def _one(self, run: _Run, shape: WarmShape) -> float:
+        path, body, tokens = await self._body(run, shape)
         t0 = self.clock.now()
         self.requests_sent += 1
-        sent[0] += 1
+        run.requests += 1
         timeout = aiohttp.ClientTimeout(total=self.p.request_timeout)
         async with self.session.post(
-            url + path, data=json.dumps(body), timeout=timeout,
+            run.url + path, data=json.dumps(body), timeout=timeout,
             headers={WARMUP_HEADER: "1", "Content-Type": "application/json"},
         ) as resp:
             if resp.status != 200:
                 text = (await resp.text())[:300]
+                if 400 <= resp.status < 500:
+                    raise Refused(resp.status, text)
                 raise WarmupFailed(f"{path} answered {resp.status}: {text}")
             if not shape.stream:
-                await resp.read()
-                return self.clock.now() - t0
-            ttfb = -1.0
-            async for _chunk in resp.content.iter_any():
-                if ttfb < 0.0:
-                    ttfb = self.clock.now() - t0
-            return ttfb if ttfb >= 0.0 else self.clock.now() - t0
+                data = await resp.read()
+                took = self.clock.now() - t0
+                tokens = _usage_prompt_tokens(data) or tokens
+            else:
+                took = -1.0
+                async for _chunk in resp.content.iter_any():
+                    if took < 0.0:
+                        took = self.clock.now() - t0
+                if took < 0.0:
+                    took = self.clock.now() - t0
+        run.sent.add(ShapeKey(body["model"], shape.kind, shape.stream, fine(tokens),
+                              shape.features))
+        return took
+
+    async def _measure(self, run: _Run, shape: WarmShape) -> float | None:
+        """The shape's latency this round, or None if the replica refused it (dropped)."""
+        for _ in range(SHRINKS + 1):
+            try:
+                if shape.concurrency == 1:
+                    return await self._one(run, shape)
+                one = WarmShape(shape.kind, shape.stream, shape.prompt_tokens,
+                                shape.max_tokens, 1, shape.model, shape.features)
+                return max(await asyncio.gather(
+                    *(self._one(run, one) for _ in range(shape.concurrency))))
+            except Refused as e:
+                n = run.shrunk.get(shape.key, shape.prompt_tokens)
+                if e.too_long and n > 1:
+                    run.shrunk[shape.key] = max(1, n // 2)
+                    continue
+                self._drop(run, shape, str(e))
+                return None
+        self._drop(run, shape, "refused as too long even when shrunk")
+        return None
+
+    def _drop(self, run: _Run, shape: WarmShape, why: str) -> None:
+        self.refused += 1
+        run.dropped[shape.key] = why
+        log.warning("warmup of %s: shape %s dropped, the replica refused it (%s)", run.url,
+                    shape.key, why[:200])
 
     async def keep_warm(self, url: str, model: str, max_model_len: int | None) -> float:
         """One small synthetic request, so an idle standby replica does not go cold."""
         shape = self.p.shapes(max_model_len)[0]
-        return await self._one(url, WarmShape(shape.kind, False, shape.prompt_tokens,
-                                              shape.max_tokens), model, [0])
-
-    async def _measure(self, url: str, shape: WarmShape, model: str, sent: list[int]) -> float:
-        if shape.concurrency == 1:
-            return await self._one(url, shape, model, sent)
-        one = WarmShape(shape.kind, shape.stream, shape.prompt_tokens, shape.max_tokens)
-        results = await asyncio.gather(
-            *(self._one(url, one, model, sent) for _ in range(shape.concurrency))
-        )
-        return max(results)
+        run = _Run(url, model, self.p.limit(max_model_len), {})
+        return await self._one(run, WarmShape(shape.kind, False, shape.prompt_tokens,
+                                              shape.max_tokens))
 
     async def warm(
         self,
@@ -106,17 +193,24 @@ class Warmer:
         max_model_len: int | None,
         reference: dict[str, float] | None,
         name: str = "",
+        extra: list[WarmShape] | None = None,
+        specs: dict[str, str] | None = None,
     ) -> WarmResult:
-        """Warm one replica. Raises WarmupFailed (or aiohttp errors) if it misbehaves."""
-        shapes = self.p.shapes(max_model_len)
+        """Warm one replica: the grid on its base model, then `extra` (the shapes users
+        send, its adapters). Raises WarmupFailed (or aiohttp errors) if it fails."""
+        shapes = [*self.p.shapes(max_model_len), *(extra or ())]
+        run = _Run(url, model, self.p.limit(max_model_len), specs or {})
         conv = Convergence(self.p, reference)
         start = self.clock.now()
-        sent = [0]  # this replica's requests (several warmups may run at once)
         converged = False
         while len(conv.rounds) < self.p.max_rounds:
             latencies = {}
             for shape in shapes:
-                latencies[shape.key] = await self._measure(url, shape, model, sent)
+                if shape.key in run.dropped:
+                    continue
+                took = await self._measure(run, shape)
+                if took is not None:
+                    latencies[shape.key] = took
             converged = conv.add_round(latencies)
             log.debug("warmup %s round %d: %s", name, len(conv.rounds), latencies)
             if converged or self.clock.now() - start >= self.p.deadline:
@@ -125,7 +219,21 @@ class Warmer:
             converged=converged,
             rounds=len(conv.rounds),
             seconds=self.clock.now() - start,
-            requests=sent[0],
+            requests=run.requests,
             latencies=conv.last,
             unsettled=tuple(conv.unsettled()),
+            sent=frozenset(run.sent),
+            dropped=tuple(f"{k}: {v}" for k, v in run.dropped.items()),
         )
+
+
+def _usage_prompt_tokens(data: bytes) -> int:
+    try:
+        usage = json.loads(data).get("usage") or {}
+        n = usage.get("prompt_tokens")
+        return n if isinstance(n, int) else 0
+    except (ValueError, AttributeError):
+        return 0
+
+
+__all__ = ["PLAIN", "WARMUP_HEADER", "Refused", "WarmResult", "Warmer", "WarmupFailed"]

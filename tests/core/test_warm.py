@@ -24,50 +24,82 @@ def test_shape_key(shape: WarmShape, key: str) -> None:
     assert shape.key == key
 
 
+OLD_GRID = (16, 256, 1024, 4096)  # the fixed grid of before, as an explicit config
+
+
 def test_default_round_covers_every_combination_then_bursts() -> None:
     p = WarmProfile()
     shapes = p.shapes(None)
     singles = [s for s in shapes if s.concurrency == 1]
     bursts = [s for s in shapes if s.concurrency > 1]
-    # 4 prompt lengths x 1 max_tokens x 2 kinds x stream/not
-    assert len(singles) == 16
+    lengths = p.prompt_grid(None)
+    # every prompt length x 1 max_tokens x 2 kinds x stream/not
+    assert len(singles) == 4 * len(lengths)
     assert {(s.kind, s.stream, s.prompt_tokens, s.max_tokens) for s in singles} == {
         (k, st, n, 16)
         for k in ("chat", "completions")
         for st in (True, False)
-        for n in (16, 256, 1024, 4096)
+        for n in lengths
     }
-    # bursts come last, smallest request, growing concurrency
+    # bursts come last, smallest request, vLLM's capture sizes up to max_batch (16)
     assert shapes[-len(bursts):] == bursts
     assert [s.concurrency for s in bursts] == [2, 4, 8, 16]
     assert {(s.kind, s.stream, s.prompt_tokens, s.max_tokens) for s in bursts} == {
-        ("chat", False, 16, 16)
+        ("chat", False, 1, 16)
     }
     assert len({s.key for s in shapes}) == len(shapes), "keys must be unique in a round"
 
 
 @pytest.mark.parametrize(
-    ("max_model_len", "max_tokens", "lengths"),
+    ("max_model_len", "sizes"),
     [
-        (None, (16,), [16, 256, 1024, 4096]),
-        (32768, (16,), [16, 256, 1024, 4096]),
-        (4176, (16,), [16, 256, 1024, 4096]),  # 4096 + 16 + 64: just fits
-        (2048, (16,), [16, 256, 1024, 1968]),  # 2048 - 16 - 64
-        (512, (16,), [16, 256, 432]),  # 1024 and 4096 both clip to 432: one shape
-        (2048, (16, 128), [16, 256, 1024, 1856]),  # the largest max_tokens counts
-        (300, (16,), [16, 220]),
-        (60, (16,), [1]),  # too small for any: one token, once
+        # every power-of-two bucket up to the largest prompt accepted beside max_tokens 16
+        (1024, [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1008]),
+        (4096, [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4080]),
+        (32768, [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384,
+                 32752]),
+        (None, [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4080]),  # not said: 4096
+        (1040, [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]),  # 1024 is the largest itself
     ],
 )
-def test_prompt_lengths_clip_to_max_model_len(
+def test_default_grid_has_every_power_of_two_bucket(max_model_len: int | None,
+                                                    sizes: list[int]) -> None:
+    p = WarmProfile()
+    assert p.prompt_grid(max_model_len) == sizes
+    largest = (max_model_len or 4096) - 16
+    buckets = {n.bit_length() for n in p.prompt_grid(max_model_len)}
+    assert buckets == set(range(1, largest.bit_length() + 1)), "a bucket without a shape"
+    sent = {s.prompt_tokens for s in p.shapes(max_model_len) if s.concurrency == 1}
+    assert sent == set(sizes)
+
+
+def test_extra_prompt_lengths_add_finer_buckets() -> None:
+    p = WarmProfile(extra_prompt_lengths=(24, 48, 96, 5000))
+    assert p.prompt_grid(1024) == [1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256, 512, 1008]
+
+
+@pytest.mark.parametrize(
+    ("max_model_len", "max_tokens", "lengths"),
+    [
+        (None, (16,), [16, 256, 1024, 4080]),  # 4096 when the model does not say
+        (32768, (16,), [16, 256, 1024, 4096]),
+        (4112, (16,), [16, 256, 1024, 4096]),  # 4096 + 16: just fits
+        (2048, (16,), [16, 256, 1024, 2032]),  # 2048 - 16
+        (512, (16,), [16, 256, 496]),  # 1024 and 4096 both clip to 496: one shape
+        (2048, (16, 128), [16, 256, 1024, 1920]),  # the largest max_tokens counts
+        (300, (16,), [16, 256, 284]),
+        (17, (16,), [1]),  # too small for any: one token, once
+    ],
+)
+def test_configured_prompt_lengths_clip_to_max_model_len(
     max_model_len: int | None, max_tokens: tuple[int, ...], lengths: list[int]
 ) -> None:
-    p = WarmProfile(max_tokens=max_tokens)
+    p = WarmProfile(prompt_lengths=OLD_GRID, max_tokens=max_tokens)
     shapes = p.shapes(max_model_len)
     got = sorted({s.prompt_tokens for s in shapes if s.concurrency == 1})
     assert got == lengths
     if max_model_len is not None and lengths != [1]:  # every request fits the model
-        assert all(s.prompt_tokens + s.max_tokens + 64 <= max_model_len for s in shapes)
+        assert all(s.prompt_tokens + s.max_tokens <= max_model_len for s in shapes)
     # no duplicated shape after clipping
     assert len({s.key for s in shapes}) == len(shapes)
     # the bursts use the smallest (clipped) prompt
@@ -84,9 +116,18 @@ def test_prompt_lengths_clip_to_max_model_len(
     ],
 )
 def test_concurrency_bursts(concurrency: tuple[int, ...], bursts: list[int]) -> None:
-    shapes = WarmProfile(concurrency=concurrency).shapes(None)
+    shapes = WarmProfile(prompt_lengths=OLD_GRID, concurrency=concurrency).shapes(None)
     assert [s.concurrency for s in shapes if s.concurrency > 1] == bursts
     assert all(s.key.endswith(f"/x{c}") for s, c in zip(shapes[16:], bursts, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("max_batch", "sizes"),
+    [(16, [1, 2, 4, 8, 16]), (64, [1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64]), (2, [1, 2]),
+     (12, [1, 2, 4, 8, 12])],
+)
+def test_default_bursts_are_vllms_graph_capture_sizes(max_batch: int, sizes: list[int]) -> None:
+    assert WarmProfile(max_batch=max_batch).batch_sizes() == sizes
 
 
 def test_profile_with_one_kind_and_stream_only() -> None:

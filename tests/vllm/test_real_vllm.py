@@ -26,7 +26,7 @@ from warmgw.app import Gateway
 from warmgw.config import Config
 from warmgw.core.lifecycle import State
 from warmgw.core.registry import Transition
-from warmgw.supervisor import start_marker
+from warmgw.probe import start_marker
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(600)]
 

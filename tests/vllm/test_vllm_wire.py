@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 
 from tests.vllm.conftest import MAX_MODEL_LEN, MODEL, SERVED, Replicas, sized_prompt
-from warmgw.supervisor import start_marker
+from warmgw.probe import start_marker
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -1,10 +1,11 @@
 """Events as data: a publisher appends to each subscriber's inbox; each subscriber takes
 its events later, in order, outside the call that published them.
 
-The registry publishes its transitions here. The owners that react (probes and warmups,
-Kubernetes PATCHes, the per-replica records, the demo's narration) each hold an inbox and
-drain it from their own task, so a failure observed inside a request handler never runs
-their work in the middle of that request, and no reaction depends on who subscribed first.
+The registry publishes its transitions here. Their consumers drain an inbox from their own
+task, so a failure observed inside a request handler never runs their work in the middle of
+that request: warmgw.replicas is the one consumer of the per-replica reactions (it hands
+each transition to the supervisor, the proxy and Kubernetes in an order set in one place),
+the demo's narration has its own inbox.
 
 `wake` is how an edge learns that an inbox has something: it is called as an item arrives
 and must only schedule (set an asyncio.Event), never act.

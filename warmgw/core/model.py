@@ -22,14 +22,15 @@ class EndpointSpec:
 
 class Endpoint:
     """One replica as the registry tracks it. Membership changes go through the Registry;
-    the proxy only touches `inflight` and the counters."""
+    a front-end's tickets (core.routing) touch only its load (`inflight`, `tickets`), its
+    counters and `seen`."""
 
     __slots__ = (
+        "adapters",
         "consecutive_errors",
         "ejections",
         "errors",
         "inflight",
-        "adapters",
         "max_model_len",
         "models",
         "ramp",
@@ -39,8 +40,8 @@ class Endpoint:
         "removed",
         "requests",
         "retry_at",
-        "since",
         "seen",
+        "since",
         "spec",
         "start_marker",
         "state",

@@ -23,6 +23,7 @@ from warmgw.core.lifecycle import ROUTABLE, State, check
 from warmgw.core.model import Endpoint, EndpointSpec, Group, Route, Snapshot
 from warmgw.core.policy import TrafficPolicy
 from warmgw.core.ramp import LatencyRamp, RampParams, SlowStart, SlowStartParams
+from warmgw.core.shapes import ShapeKey
 from warmgw.core.stats import FleetBaseline, FleetParams
 
 
@@ -198,7 +199,8 @@ class Registry:
             self.eject(ep, "address changed", cold=True)
 
     def probe_ok(
-        self, name: str, models: frozenset[str], max_model_len: int | None, marker: float | None
+        self, name: str, models: frozenset[str], max_model_len: int | None, marker: float | None,
+        adapters: frozenset[str] = frozenset(),
     ) -> None:
         ep = self.get(name)
         if ep.state is not State.PROBING:
@@ -206,6 +208,7 @@ class Registry:
         if not ep.spec.model and models != ep.models:
             ep.models = models
             self._changed()  # known_models changes: 503 (warming) rather than 404
+        ep.adapters = adapters & ep.models
         ep.max_model_len = max_model_len
         ep.start_marker = marker
         strategy = self.p.strategy
@@ -217,11 +220,15 @@ class Registry:
         else:
             self._move(ep, State.READY, "answering")
 
-    def warm_done(self, name: str, rounds: int, reference: dict[str, float], why: str) -> None:
+    def warm_done(self, name: str, rounds: int, reference: dict[str, float], why: str,
+                  sent: Iterable[ShapeKey] = ()) -> None:
+        """Warmup is over; sent: the feature-shapes it had the replica serve."""
         ep = self.get(name)
         if ep.state is not State.WARMING:
             return
         ep.warm_rounds = rounds
+        for key in sent:
+            ep.seen[key] = True
         if reference:  # only a converged warmup is a reference for the fleet
             ep.warm_reference = dict(reference)
             for m in ep.models:

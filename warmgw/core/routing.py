@@ -2,7 +2,7 @@
 endpoint picker): request facts in, a ticket out, outcomes reported on the ticket.
 
     facts = RequestFacts(...)            # extracted once by the front-end
-    route = router.resolve(facts.model)  # a Route, or a Refusal (404 / 503 / 400)
+    route = router.resolve(snapshot, facts.model)  # a Route, or a Refusal (404 / 503)
     ticket = router.pick(route, facts)   # an endpoint, its in-flight count taken
     ticket.first_byte()                  # the response began
     ticket.complete(status)              # or ticket.fail(Failure.X, why), or ticket.left()
@@ -14,8 +14,8 @@ A failure is one of three classes, told apart by what the front-end saw:
 - UNANSWERED: sent on a reused connection that closed or reset before any byte of the
   response came back;
 - TAKEN: bytes came back, or the request was consumed: the replica had it.
-Each counts against the replica; which may be retried is the front-end's policy
-(`retryable`).
+Each counts against the replica alike (a failure); only NOT_SENT may be sent again to
+another replica by the front-end.
 
 Pure: no I/O; the clock and randomness are injected. Transitions that a failure causes are
 published as data by the registry and handled by their owners later, never inside the
@@ -32,12 +32,12 @@ from typing import NamedTuple
 
 from warmgw.core.clock import Clock
 from warmgw.core.events import Feed
-from warmgw.core.profile import Coverage, ProfileParams, TrafficProfile
-from warmgw.core.shapes import ShapeKey, TokenRatios
 from warmgw.core.facts import Refusal, RequestFacts
 from warmgw.core.model import Endpoint, Route, Snapshot
 from warmgw.core.picker import pick
+from warmgw.core.profile import Coverage, ProfileParams, TrafficProfile
 from warmgw.core.registry import Registry
+from warmgw.core.shapes import ShapeKey, TokenRatios
 from warmgw.core.telemetry import RequestStats
 
 
@@ -230,6 +230,3 @@ def cold_reason(shape: ShapeKey, adapters: frozenset[str]) -> str:
     return "prompt_size"
 
 
-def retryable(kind: Failure) -> bool:
-    """What a front-end may send again elsewhere: only what the replica never took."""
-    return kind is Failure.NOT_SENT

@@ -11,7 +11,7 @@ of that for one request:
   `fine` buckets (quarter octaves, 2 ** (k / 4)) where the profile remembers sizes;
 - the max_tokens bucket (powers of two);
 - Features: the structured-output spec and the tools (by the id of their canonical JSON,
-  the specs themselves kept apart: core.profile.Specs), logprobs, n, media parts.
+  the specs themselves kept apart: core.profile.TrafficProfile.specs), logprobs, n, media parts.
 
 On the request path the prompt size is estimated from the body's bytes with a bytes-per-
 token ratio per model (TokenRatios), calibrated with the replica's own tokenizer
