@@ -95,6 +95,8 @@ class Ticket:
         else:
             latency = now - self.t0
         shape = facts.shape(prompt_tokens)
+        if prompt_tokens and shape is not None:
+            router.ratios.learn(shape.model, facts.prompt_bytes, prompt_tokens)
         if shape is None:
             router.registry.observe(ep, facts.model or "", facts.key, latency)
         else:

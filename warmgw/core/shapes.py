@@ -49,16 +49,28 @@ def latency_key(kind: str, stream: bool, prompt_tokens: int, max_tokens: int) ->
 
 
 class TokenRatios:
-    """Bytes per token of each model's tokenizer, as measured with /tokenize."""
+    """Bytes of request body per prompt token, per model: first from the replica's
+    tokenizer on sample text (/tokenize), then from what users send, as the replicas count
+    it (usage.prompt_tokens of their answers), so estimates follow the fleet's own text."""
 
     __slots__ = ("ratios",)
+
+    ALPHA = 0.05
 
     def __init__(self) -> None:
         self.ratios: dict[str, float] = {}
 
     def set(self, model: str, text_bytes: int, tokens: int) -> None:
-        if text_bytes > 0 and tokens > 0:
+        if text_bytes > 0 and tokens > 0 and model not in self.ratios:
             self.ratios[model] = text_bytes / tokens
+
+    def learn(self, model: str, body_bytes: int, tokens: int) -> None:
+        """A user request of body_bytes whose prompt the replica counted as tokens."""
+        if tokens <= 0 or body_bytes <= JSON_OVERHEAD:
+            return
+        r = (body_bytes - JSON_OVERHEAD) / tokens
+        old = self.ratios.get(model)
+        self.ratios[model] = r if old is None else old + self.ALPHA * (r - old)
 
     def estimate(self, model: str, body_bytes: int) -> int:
         """Prompt tokens of a request body of body_bytes, roughly (never below 1)."""

@@ -139,8 +139,10 @@ def learned_shapes(top: Sequence[tuple[ShapeKey, Learned, float]], limit: int,
     for key, learned, _share in top:
         if learned.lo and learned.hi:
             sizes = sorted({learned.lo, learned.hi})
-        else:  # only estimates: the bucket's lower end
-            sizes = [max(1, math.ceil(2 ** (key.bucket / 4)))]
+        else:  # only estimates (streams without usage): across the bucket, with a margin
+            lo, hi = 2 ** (key.bucket / 4), 2 ** ((key.bucket + 1) / 4)
+            sizes = sorted({max(1, math.ceil(lo * 0.85)), max(1, round((lo * hi) ** 0.5)),
+                            max(1, math.floor(hi * 1.15))})
         for n in sizes:
             shape = WarmShape(key.kind, key.stream, min(n, limit), max_tokens, 1, key.model,
                               key.features)
