@@ -1,6 +1,7 @@
 """The operator's status page in a real browser (Debian's chromium, driven by playwright's
 async API on the test's own loop, next to the gateway): sign-in, the live replica table, a
-replica seen changing state, a refused and an accepted cutover from the page's form.
+replica seen changing state, a refused and an accepted cutover from the page's form, the
+traffic profile's coverage figure once users send traffic.
 Takes a screenshot; with WARMGW_SCREENSHOT=1 it replaces docs/status-page.png."""
 
 from __future__ import annotations
@@ -140,6 +141,22 @@ async def test_status_page_in_a_browser(tmp_path):
                     assert gw.status()["policy"]["shares"] == {"green": 1.0}
                     await expect(page.locator("#cutovers tbody tr[data-cutover]")).to_have_count(1)
                     await expect(page.locator("#rollback")).to_have_text("Roll back to blue…")
+
+                    # the traffic profile: the share of user traffic the warmups covered,
+                    # cold hits per replica, the top shapes with their shares
+                    await expect(page.locator("#coverage")).to_have_text(
+                        re.compile(r"^\d+(\.\d)?%$"), timeout=15_000)
+                    await expect(page.locator("#coverage-text")).to_contain_text(
+                        "of the last 1 h's user requests")
+                    shapes = page.locator("#shapes tbody tr[data-shape]")
+                    await expect(shapes.first).to_contain_text("tiny")
+                    assert 1 <= await shapes.count() <= 10
+                    await expect(shapes.first.locator("td").first).to_have_text(
+                        re.compile(r"^\d+(\.\d)?%$"))
+                    hits = page.locator("#cold-hits tbody tr[data-replica]")
+                    await expect(hits).to_have_count(4)
+                    await expect(page.locator('#cold-hits tr[data-replica="green-1"] td').nth(1)
+                                 ).to_have_text(re.compile(r"^[1-9]\d*$"))  # shapes warmed
 
                     # a drain through the API is seen on the page
                     assert (await admin(gw, "POST", "/replicas/blue-1/drain"))[0] == 200

@@ -16,11 +16,13 @@ from warmgw.config import ConfigError, parse_replicas
 from warmgw.core.bluegreen import BlueGreen, CutoverError, request_from_json
 from warmgw.core.model import Endpoint
 from warmgw.core.registry import Registry, UnknownEndpoint
+from warmgw.core.routing import Router
 from warmgw.discovery.static import StaticDiscovery
 
 log = logging.getLogger("warmgw.admin")
 
 PREFIX = "/admin/v1"
+FLAGS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False, "": False}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -50,8 +52,10 @@ class PolicyCommit(Protocol):
 
 class Admin:
     def __init__(self, token: str, registry: Registry, bluegreen: BlueGreen,
-                 policy: PolicyCommit, static: StaticDiscovery, strategy: str) -> None:
+                 policy: PolicyCommit, static: StaticDiscovery, strategy: str,
+                 router: Router) -> None:
         self.registry = registry
+        self.router = router
         self.bluegreen = bluegreen
         self.policy = policy
         self.static = static
@@ -65,6 +69,7 @@ class Admin:
         app = web.Application(middlewares=[self._auth], client_max_size=1 << 20)
         r = app.router
         r.add_get(f"{PREFIX}/status", self.status)
+        r.add_get(f"{PREFIX}/profile", self.profile)
         r.add_post(f"{PREFIX}/cutover", self.cutover)
         r.add_post(f"{PREFIX}/rollback", self.rollback)
         r.add_post(f"{PREFIX}/replicas", self.add_replica)
@@ -107,6 +112,14 @@ class Admin:
 
     async def status(self, request: web.Request) -> web.Response:
         return _json(status.gateway(self.registry, self.bluegreen, self.strategy))
+
+    async def profile(self, request: web.Request) -> web.Response:
+        """The learned traffic profile and the warmup's coverage; ?specs=1 adds the kept
+        structured-output specs and tool lists themselves."""
+        flag = request.query.get("specs", "0").lower()
+        if flag not in FLAGS:
+            return _error(400, f"query 'specs' must be 1 or 0, got {flag!r}")
+        return _json(status.profile(self.router, specs=FLAGS[flag]))
 
     # -- blue-green -----------------------------------------------------------------------
 

@@ -140,7 +140,8 @@ class Gateway:
         self.listener = UserListener(self.proxy, self.registry, collectors, self.limits,
                                      up.max_body_bytes)
         self.admin = Admin(cfg.admin.token, self.registry, self.bluegreen, self.policy,
-                           self.static, str(cfg.lifecycle.strategy)) if cfg.admin.token else None
+                           self.static, str(cfg.lifecycle.strategy),
+                           self.router) if cfg.admin.token else None
         self._admin_runner: web.AppRunner | None = None
         self._cold_hits = self.router.cold.subscribe()
         self._cold_log: asyncio.Task[None] | None = None

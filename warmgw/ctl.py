@@ -1,4 +1,4 @@
-"""Operator commands that talk to the admin API: status, cutover, rollback, drain, ...
+"""Operator commands that talk to the admin API: status, profile, cutover, rollback, drain, ...
 
 Exit codes: 0 done; 1 refused by the gateway (409: cold target, conflict); 2 a bad call
 (400/404); 3 the admin API could not be reached or refused the token.
@@ -85,6 +85,68 @@ def show_status(st: dict[str, Any], out: TextIO) -> None:
         table(rows, out)
 
 
+def _span(seconds: float) -> str:
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g} h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds / 60:g} min"
+    return f"{seconds:g} s"
+
+
+def _size(n: int) -> str:
+    return f"{n} B" if n < 1024 else f"{n / 1024:.1f} KiB"
+
+
+def _tokens(prompt: dict[str, Any], bucket: list[int]) -> str:
+    lo, hi = prompt["lo"], prompt["hi"]
+    if lo is None:
+        return f"~{bucket[0]}-{bucket[1]}"  # only estimated so far: the bucket's range
+    return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
+def show_profile(pr: dict[str, Any], out: TextIO, top: int) -> None:
+    cov = pr["coverage"]
+    window = _span(cov["window_s"])
+    if cov["ratio"] is None:
+        out.write(f"coverage: - (no user request in the last {window})\n")
+    else:
+        out.write(f"coverage: {cov['ratio'] * 100:.1f}% of the last {window}'s user requests "
+                  "were of a shape their replica's warmup had sent\n")
+    p, sp, shapes = pr["profile"], pr["specs"], pr["shapes"]
+    out.write(f"learned shapes: {p['shapes']} (the top {len(shapes)} cover "
+              f"{p['top_share'] * 100:g}% of traffic)   specs kept: {sp['kept']} "
+              f"({_size(sp['bytes'])}{', off' if not sp['enabled'] else ''})\n\n")
+    if shapes:
+        rows = [["SHARE", "MODEL", "KIND", "PROMPT TOKENS", "FEATURES", "PINNED"]]
+        shown = shapes if top <= 0 else shapes[:top]
+        for s in shown:
+            rows.append([f"{s['share'] * 100:.1f}%", s["model"],
+                         f"{s['kind']}/{'stream' if s['stream'] else 'json'}",
+                         _tokens(s["prompt_tokens"], s["bucket_tokens"]),
+                         s["features"]["text"], "pinned" if s["pinned"] else ""])
+        table(rows, out)
+        if len(shown) < len(shapes):
+            out.write(f"... {len(shapes) - len(shown)} more (--top 0 for all)\n")
+    else:
+        out.write("no user traffic learned yet\n")
+    out.write("\n")
+    rows = [["REPLICA", "POOL", "STATE", "WARMED SHAPES", "USER-FIRST SHAPES", "COLD HITS"]]
+    for r in pr["replicas"]:
+        hits = pr["cold_hits"].get(r["name"], {})
+        why = ", ".join(f"{reason} {n}" for reason, n in sorted(hits.items()))
+        rows.append([r["name"], r["pool"], r["state"], str(r["warmed_shapes"]),
+                     str(r["first_seen_from_users"]),
+                     f"{r['cold_hits']} ({why})" if why else "0"])
+    table(rows, out)
+    gone = sorted(set(pr["cold_hits"]) - {r["name"] for r in pr["replicas"]})
+    for name in gone:
+        hits = pr["cold_hits"][name]
+        out.write(f"cold hits on {name} (gone): "
+                  + ", ".join(f"{reason} {n}" for reason, n in sorted(hits.items())) + "\n")
+    for sid, spec in sp.get("content", {}).items():
+        out.write(f"spec {sid}: {json.dumps(spec, sort_keys=True)}\n")
+
+
 def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     try:
         cmd = args.command
@@ -94,6 +156,13 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
                 out.write(json.dumps(st, indent=1) + "\n")
             else:
                 show_status(st, out)
+            return 0
+        if cmd == "profile":
+            pr = call(args, "GET", "/profile" + ("?specs=1" if args.specs else ""))
+            if args.json:
+                out.write(json.dumps(pr, indent=1) + "\n")
+            else:
+                show_profile(pr, out, args.top)
             return 0
         if cmd == "cutover":
             body: dict[str, Any] = {"to": args.pool, "mode": args.mode, "force": args.force}
@@ -144,6 +213,12 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
     p = sub.add_parser("status", parents=[common], help="pools, replicas, policy, cutovers")
     p.add_argument("--json", action="store_true", help="the raw JSON")
+    p = sub.add_parser("profile", parents=[common],
+                       help="warmup coverage of user traffic, learned shapes, cold hits")
+    p.add_argument("--json", action="store_true", help="the raw JSON")
+    p.add_argument("--top", type=int, default=20, help="shapes shown (0: all)")
+    p.add_argument("--specs", action="store_true",
+                   help="also the kept structured-output specs and tool lists")
     p = sub.add_parser("cutover", parents=[common], help="switch new requests to a pool")
     p.add_argument("pool")
     p.add_argument("--mode", choices=["instant", "gradual"], default="instant")

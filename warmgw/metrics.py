@@ -148,11 +148,14 @@ class GatewayCollector(Collector):
         for (replica, reason), n in sorted(self.router.cold_hits.items()):
             hits.add_metric([replica, reason], n)
         yield hits
-        coverage = self.router.coverage.ratio(now)
-        if coverage is not None:
-            yield GaugeMetricFamily(
-                "warmgw_warmup_coverage_ratio", "Share of the last hour's user requests whose "
-                "feature-shape the serving replica's warmup had sent.", value=coverage)
+        coverage = GaugeMetricFamily(
+            "warmgw_warmup_coverage_ratio", "Share of the last hour's user requests whose "
+            "feature-shape the serving replica's warmup had sent (no sample before the first).",
+            labels=[])
+        covered = self.router.coverage.ratio(now)
+        if covered is not None:
+            coverage.add_metric([], covered)
+        yield coverage
         yield GaugeMetricFamily("warmgw_profile_shapes",
                                 "Feature-shapes in the learned traffic profile.",
                                 value=len(self.router.profile.shapes))

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Any
 
 from warmgw.core.bluegreen import BlueGreen
 from warmgw.core.lifecycle import ROUTABLE
 from warmgw.core.model import Endpoint
+from warmgw.core.profile import Learned
 from warmgw.core.registry import Registry
+from warmgw.core.routing import Router
+from warmgw.core.shapes import ShapeKey
 
 
 def replica(ep: Endpoint, now: float, share: float) -> dict[str, Any]:
@@ -64,5 +69,60 @@ def gateway(registry: Registry, bluegreen: BlueGreen, strategy: str) -> dict[str
             {"replica": t.name, "from": str(t.frm), "to": str(t.to), "reason": t.reason,
              "ago_s": round(now - t.at, 3)}
             for t in list(registry.history)[-50:]
+        ],
+    }
+
+
+def _bucket_range(bucket: int) -> list[int]:
+    """The prompt sizes in tokens of a fine bucket (core.shapes.fine), both ends included."""
+    if bucket < 0:
+        return [0, 0]
+    lo = math.ceil(2 ** (bucket / 4))
+    return [lo, max(lo, math.ceil(2 ** ((bucket + 1) / 4)) - 1)]
+
+
+def shape(key: ShapeKey, learned: Learned, share: float, now: float) -> dict[str, Any]:
+    return {
+        "shape": key.describe(),
+        "model": key.model,
+        "kind": key.kind,
+        "stream": key.stream,
+        "prompt_tokens": {"lo": learned.lo or None, "hi": learned.hi or None},
+        "bucket_tokens": _bucket_range(key.bucket),
+        "features": {**key.features._asdict(), "text": key.features.describe()},
+        "share": round(share, 6),
+        "pinned": learned.pinned_until > now,
+    }
+
+
+def profile(router: Router, specs: bool = False) -> dict[str, Any]:
+    """The learned traffic profile, the warmup's coverage of user traffic and the cold hits,
+    for the admin API (GET /admin/v1/profile), the CLI and the page."""
+    now = router.clock.now()
+    prof = router.profile
+    p = prof.p
+    ratio = router.coverage.ratio(now)
+    hits: dict[str, dict[str, int]] = {}
+    for (replica, reason), n in sorted(router.cold_hits.items()):
+        hits.setdefault(replica, {})[reason] = n
+    kept: dict[str, Any] = {"kept": len(prof.specs), "bytes": prof.spec_bytes,
+                            "dropped": prof.specs_dropped, "enabled": p.keep_specs,
+                            "budget_bytes": p.spec_budget}
+    if specs:
+        kept["content"] = {sid: json.loads(canon) for sid, canon in sorted(prof.specs.items())}
+    return {
+        "coverage": {"ratio": None if ratio is None else round(ratio, 6),
+                     "window_s": router.coverage.window},
+        "profile": {"shapes": len(prof.shapes), "max_shapes": p.max_shapes,
+                    "top_share": p.coverage, "half_life_s": p.half_life},
+        "shapes": [shape(k, s, share, now) for k, s, share in prof.top(now)],
+        "specs": kept,
+        "cold_hits": hits,
+        "replicas": [
+            {"name": ep.name, "pool": ep.pool, "state": str(ep.state),
+             "warmed_shapes": sum(ep.seen.values()),
+             "first_seen_from_users": sum(not w for w in ep.seen.values()),
+             "cold_hits": sum(hits.get(ep.name, {}).values())}
+            for ep in sorted(router.registry.endpoints.values(), key=lambda e: (e.pool, e.name))
         ],
     }

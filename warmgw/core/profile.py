@@ -73,6 +73,11 @@ class TrafficProfile:
             if prompt_tokens > s.hi:
                 s.hi = prompt_tokens
 
+    @property
+    def spec_bytes(self) -> int:
+        """Bytes of the specs kept (their canonical JSON)."""
+        return self._spec_bytes
+
     def keep_spec(self, spec_id: str, canon: str) -> None:
         if not self.p.keep_specs or spec_id in self.specs:
             return

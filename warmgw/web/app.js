@@ -1,11 +1,14 @@
-// warmgw status page: polls GET admin/v1/status every second with the operator's bearer
-// token and draws it. Plain DOM, no library, no build step; all data goes in as text.
+// warmgw status page: polls GET admin/v1/status every second (and admin/v1/profile every
+// few seconds) with the operator's bearer token and draws it. Plain DOM, no library, no
+// build step; all data goes in as text.
 "use strict";
 
 (() => {
   const API = "admin/v1/";
   const TOKEN_KEY = "warmgw.adminToken";
   const POLL_MS = 1000;
+  const PROFILE_MS = 5000; // the traffic profile changes slowly
+  const TOP_SHAPES = 10;
   const WINDOW_S = 120; // chart window
   const CHARTED = new Set(["ramping", "ready"]);
   const SERIES_COLORS = [
@@ -26,6 +29,7 @@
     timer: 0,
     last: null, // the last status seen
     lastOkAt: 0,
+    profileAt: 0, // when the profile was last asked for
     lastActive: null,
     pools: "", // the pool list the cutover <select> was built from
     history: new Map(), // replica -> [{t, w, r}], for the charts
@@ -155,6 +159,7 @@
     app.token = "";
     sessionStorage.removeItem(TOKEN_KEY);
     app.last = null;
+    app.profileAt = 0;
     app.history.clear();
     showLogin(message);
   }
@@ -210,6 +215,7 @@
       if (gen !== app.gen) return;
       if (r.ok) onStatus(r.data);
       else setConn("down", `status call failed: ${errorText(r.status, r.data)}`);
+      if (r.ok && Date.now() - app.profileAt >= PROFILE_MS) await pollProfile(gen);
     } catch (e) {
       if (gen !== app.gen) return;
       if (e instanceof AuthError) {
@@ -219,6 +225,14 @@
       setConn("down", "gateway unreachable");
     }
     if (gen === app.gen) app.timer = setTimeout(() => poll(gen), POLL_MS);
+  }
+
+  async function pollProfile(gen) {
+    app.profileAt = Date.now();
+    const r = await api("GET", "profile");
+    if (gen !== app.gen) return;
+    if (r.ok) renderProfile(r.data);
+    else $("coverage-text").textContent = `profile unavailable: ${errorText(r.status, r.data)}`;
   }
 
   async function refreshNow() {
@@ -399,6 +413,87 @@
       rows.push(h("tr", null, h("td", { colspan: 4, class: "empty" }, "No transitions yet.")));
     }
     $("transitions").tBodies[0].replaceChildren(...rows);
+  }
+
+  // -- the traffic profile ------------------------------------------------------------------
+
+  function span(s) {
+    if (s >= 3600 && s % 3600 === 0) return `${s / 3600} h`;
+    if (s >= 60 && s % 60 === 0) return `${s / 60} min`;
+    return `${s} s`;
+  }
+
+  function bytes(n) {
+    return n < 1024 ? `${n} B` : `${(n / 1024).toFixed(1)} KiB`;
+  }
+
+  function promptTokens(p, bucket) {
+    if (p.lo === null) return `~${bucket[0]}–${bucket[1]}`; // estimated only: the bucket
+    return p.lo === p.hi ? `${p.lo}` : `${p.lo}–${p.hi}`;
+  }
+
+  function renderProfile(data) {
+    const cov = data.coverage;
+    const fig = $("coverage");
+    const ratio = cov.ratio;
+    fig.textContent = ratio === null ? "–" : pct(ratio);
+    const grade = ratio === null ? "muted" : ratio >= 0.99 ? "ok" : ratio >= 0.9 ? "warn" : "bad";
+    fig.className = `figure ${grade}`;
+    const last = span(cov.window_s);
+    $("coverage-text").textContent = ratio === null
+      ? `coverage: no user request in the last ${last}`
+      : `of the last ${last}'s user requests were of a shape their replica's warmup had sent`;
+    const p = data.profile;
+    $("profile-shapes").textContent =
+      `${num(p.shapes)} (top ${data.shapes.length} cover ${pct(p.top_share)})`;
+    const sp = data.specs;
+    $("profile-specs").textContent = sp.enabled ? `${num(sp.kept)} (${bytes(sp.bytes)})` : "off";
+
+    const names = new Set(data.replicas.map((r) => r.name));
+    const rows = data.replicas.map((r) => {
+      const hits = data.cold_hits[r.name] || {};
+      const why = Object.entries(hits).sort().map(([k, n]) => `${k} ${n}`).join(", ");
+      return h("tr", { data: { replica: r.name } },
+        h("td", null, r.name),
+        h("td", { class: "num" }, num(r.warmed_shapes)),
+        h("td", { class: `num ${r.cold_hits ? "bad" : ""}` }, num(r.cold_hits)),
+        h("td", { class: "reason" }, why));
+    });
+    for (const [name, hits] of Object.entries(data.cold_hits)) {
+      if (names.has(name)) continue; // a replica gone since
+      const n = Object.values(hits).reduce((a, b) => a + b, 0);
+      rows.push(h("tr", { data: { replica: name } }, h("td", { class: "muted" }, `${name} (gone)`),
+        h("td", { class: "num muted" }, "–"), h("td", { class: "num bad" }, num(n)),
+        h("td", { class: "reason" }, Object.entries(hits).sort().map(([k, c]) => `${k} ${c}`)
+          .join(", "))));
+    }
+    if (!rows.length) {
+      rows.push(h("tr", null, h("td", { colspan: 4, class: "empty" }, "No replicas.")));
+    }
+    $("cold-hits").tBodies[0].replaceChildren(...rows);
+
+    const shown = data.shapes.slice(0, TOP_SHAPES);
+    const shapeRows = shown.map((s) => {
+      const bar = h("span", { class: "sbar" }, h("span", { class: "fill" }));
+      bar.firstChild.style.width = `${Math.max(0, Math.min(1, s.share)) * 100}%`;
+      return h("tr", { data: { shape: s.shape }, title: s.shape },
+        h("td", { class: "num nowrap" }, bar, pct(s.share)),
+        h("td", null, s.model),
+        h("td", { class: "nowrap" }, `${s.kind}/${s.stream ? "stream" : "json"}`),
+        h("td", { class: "num" }, promptTokens(s.prompt_tokens, s.bucket_tokens)),
+        h("td", { class: "features" }, s.features.text,
+          s.pinned ? h("span", { class: "badge", title: "a cold hit: warmups send it" }, "pinned")
+            : null));
+    });
+    if (!shapeRows.length) {
+      shapeRows.push(h("tr", null, h("td", { colspan: 5, class: "empty" },
+        "No user traffic learned yet.")));
+    }
+    $("shapes").tBodies[0].replaceChildren(...shapeRows);
+    const more = $("shapes-more");
+    more.textContent = data.shapes.length > shown.length
+      ? `${data.shapes.length - shown.length} more: warmgw profile lists them all` : "";
+    show(more, data.shapes.length > shown.length);
   }
 
   // -- charts ----------------------------------------------------------------------------------
