@@ -49,7 +49,7 @@ class Replica:
                 line = await reader.readline()
                 if not line:
                     return
-                method, path, _ = line.decode().split(" ", 2)
+                _, path, _ = line.decode().split(" ", 2)
                 length = 0
                 while (h := await reader.readline()) not in (b"\r\n", b""):
                     name, _, value = h.decode().partition(":")
