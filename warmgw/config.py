@@ -41,6 +41,10 @@ class UpstreamParams:
     read_timeout: float = 300.0  # between two chunks, not for the whole response
     max_body_bytes: int = 8 * 1024 * 1024
     retries: int = 2  # other replicas tried when a connection cannot be made
+    # a request sent on a reused connection that closed or reset before any byte of the
+    # answer came back is sent once more, on a fresh connection (the replica may have
+    # closed it as the request went out); completions have no side effects
+    retry_unanswered: bool = True
 
 
 @dataclass(frozen=True, slots=True)

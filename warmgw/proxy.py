@@ -57,6 +57,10 @@ class _NotSent(Exception):
         self.down = down
 
 
+class _Unanswered(Exception):
+    """Sent on a reused connection that closed or reset before any byte came back."""
+
+
 class Proxy:
     """The HTTP/1.1 front-end of the routing core (core.routing)."""
 
@@ -160,12 +164,15 @@ class Proxy:
         task = req.task
         cancel = task.cancel if task is not None else None
         router = self.router
-        for _ in range(self.p.retries + 1):
+        attempts = self.p.retries + 1
+        fresh = False
+        while attempts > 0:
+            attempts -= 1
             ticket = router.pick(route, facts, tried, cancel)
             if ticket is None:
                 break
             try:
-                return await self._forward(req, ticket, rid)
+                return await self._forward(req, ticket, rid, fresh)
             except asyncio.CancelledError:  # the client left (or a drain deadline cut it)
                 ticket.left()
                 raise
@@ -173,17 +180,23 @@ class Proxy:
                 last = f"{ticket.ep.name}: {e}"
                 ticket.fail(Failure.NOT_SENT, str(e), down=e.down)
                 tried.append(ticket.ep)
+            except _Unanswered as e:  # once, on a fresh connection (the same replica or not)
+                last = f"{ticket.ep.name}: {e}"
+                ticket.fail(Failure.UNANSWERED, str(e))
+                fresh = True
+                attempts += 1
             finally:
                 ticket.close()
         self._error(req, 502, f"no replica could be reached ({last})", "upstream_error",
                     "upstream_unreachable", extra=[(b"X-Request-Id", rid.encode())])
 
-    async def _forward(self, req: Request, ticket: Ticket, rid: str) -> None:
+    async def _forward(self, req: Request, ticket: Ticket, rid: str, fresh: bool) -> None:
         ep = ticket.ep
         host, port, host_header = self._address(ep.url)
         data = self._upstream_request(req, host_header, rid)
         try:
-            up = await self.pool.request(host, port, data, head_only=req.method == "HEAD")
+            up = await self.pool.request(host, port, data, head_only=req.method == "HEAD",
+                                         fresh=fresh)
         except NotConnected as e:
             raise _NotSent(str(e), down=e.down) from None
         except OutOfFds as e:  # the gateway's shortage: the replica is not blamed
@@ -193,7 +206,10 @@ class Proxy:
                 503, [*JSON_CT, (b"Retry-After", b"1"), (b"X-Request-Id", rid.encode())],
                 errors.body(f"the gateway is overloaded: {e}", "service_unavailable",
                             "gateway_overloaded"))
-        except Cut as e:  # it had the request (or may have): not retried, counts against it
+        except Cut as e:  # it had the request (or may have)
+            if e.unanswered and not fresh and self.p.retry_unanswered:
+                self.pool.close_address(host, port)  # its other idle ones are as stale
+                raise _Unanswered(str(e)) from None
             return self._failed(req, ticket, rid, e)
         try:
             status = up.status

@@ -257,12 +257,13 @@ class Pool:
         self.idle: dict[tuple[str, int], list[Response]] = {}
         self.closed = False
 
-    async def request(self, host: str, port: int, data: bytes, head_only: bool = False
-                      ) -> Response:
-        """Send a request; return once the response head is in."""
+    async def request(self, host: str, port: int, data: bytes, head_only: bool = False,
+                      fresh: bool = False) -> Response:
+        """Send a request; return once the response head is in. fresh: on a new
+        connection, not a pooled one."""
         key = (host, port)
         conn = None
-        idle = self.idle.get(key)
+        idle = None if fresh else self.idle.get(key)
         while idle:
             c = idle.pop()
             if c._idle_timer is not None:
