@@ -12,6 +12,11 @@ Environment: WARMGW_VLLM_VENV (default ~/.cache/warmgw/vllm-venv), WARMGW_VLLM_M
 build_model.py), WARMGW_VLLM_KEEP_LOGS=1 keeps
 the replica logs after a passing session. Replicas listen on 127.0.0.1 only; every
 process is started in its own session and killed with its whole process group.
+
+The replicas serve the tiny model's LoRA adapter as LORA_NAME (one at a time: --max-loras
+1) and log every request they receive (REQUEST_LOG): what the engine was asked to run, its
+prompt in tokens and the request body, so a test can tell from a replica's own log what
+reached it, and in which order (read_request_log).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -30,12 +36,13 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from tests.vllm.build_model import is_current
+from tests.vllm.build_model import LORA_DIR, is_current
 
 HERE = Path(__file__).resolve().parent
 ENABLED = os.environ.get("WARMGW_VLLM") == "1"
@@ -47,7 +54,13 @@ CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "warm
 VENV = Path(os.environ.get("WARMGW_VLLM_VENV") or CACHE / "vllm-venv")
 MODEL = Path(os.environ.get("WARMGW_VLLM_MODEL") or CACHE / "tiny-llama")
 SERVED = "tiny"
+LORA_NAME = "tiny-lora"
 MAX_MODEL_LEN = 1024
+# the tests' replicas: the LoRA adapter served, every request logged (REQUEST_LOG)
+SERVE_FLAGS = (
+    "--enable-lora", "--lora-modules", f"{LORA_NAME}={MODEL / LORA_DIR}",
+    "--max-loras", "1", "--max-lora-rank", "8", "--enable-log-requests",
+)  # fmt: skip
 HEALTH_TIMEOUT = 240.0  # s: /health was 200 after 32-59 s here (two starting side by side)
 BUILD_TIMEOUT = 300.0
 
@@ -70,6 +83,7 @@ def free_port() -> int:
 
 
 NOISE = ('"GET /health HTTP/1.1"', '"GET /metrics HTTP/1.1"', "[launcher.py:195] Route:")
+LINE_CHARS = 400  # the request log's lines hold whole prompts: cut in a tail
 
 
 def tail(path: Path, lines: int = 60) -> str:
@@ -78,21 +92,46 @@ def tail(path: Path, lines: int = 60) -> str:
         text = path.read_text(errors="replace")
     except OSError as e:
         return f"(no log: {e})"
-    kept = [line for line in text.splitlines() if not any(n in line for n in NOISE)]
+    kept = [line[:LINE_CHARS] for line in text.splitlines()
+            if not any(n in line for n in NOISE)]
     return "\n".join(kept[-lines:])
+
+
+# vLLM's default logging, with its request logger (on with --enable-log-requests) at DEBUG:
+# at INFO it says only "Received request ID: params: SamplingParams(...), lora_request:
+# ...", at DEBUG also each request's JSON body and its prompt's token ids. Nothing else of
+# vLLM's logs at DEBUG (its DEBUG everywhere would flood the log at every engine step).
+REQUEST_LOG = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"vllm": {
+        "()": "vllm.logging_utils.NewLineFormatter", "datefmt": "%m-%d %H:%M:%S",
+        "format": "(%(vllm_process_name)s pid=%(process)d) %(levelname)s %(asctime)s "
+                  "[%(fileinfo)s:%(lineno)d] %(message)s",
+    }},
+    "handlers": {"vllm": {"class": "logging.StreamHandler", "formatter": "vllm",
+                          "level": "DEBUG", "stream": "ext://sys.stdout"}},
+    "loggers": {
+        "vllm": {"handlers": ["vllm"], "level": "INFO", "propagate": False},
+        "vllm.entrypoints.serve.utils.request_logger": {"level": "DEBUG"},
+    },
+}  # fmt: skip
 
 
 class Replica:
     """One `vllm.entrypoints.openai.api_server` process (and its engine core child)."""
 
     def __init__(
-        self, name: str, cpu: int, workdir: Path, extra_args: tuple[str, ...] = ()
+        self, name: str, cpu: int, workdir: Path, extra_args: tuple[str, ...] = (),
+        request_log: bool = False,
     ) -> None:
         self.name = name
         self.cpu = cpu
         self.extra_args = extra_args  # more `vllm serve` flags (LoRA, tool parser, ...)
         self.port = free_port()
         self.log_path = workdir / f"{name}.log"
+        # with --enable-log-requests: each request's body and prompt tokens too
+        self.log_config = workdir / "request-log.json" if request_log else None
         self.cache_root = workdir / f"{name}-cache"
         # vLLM leaves ZMQ IPC sockets and gloo store files in $TMPDIR at every start
         self.tmp = workdir / f"{name}-tmp"
@@ -137,12 +176,16 @@ class Replica:
             PYTHONFAULTHANDLER="1",  # SIGABRT dumps every thread's stack into the log
             TMPDIR=str(self.tmp),
         )
+        if self.log_config is not None:
+            env["VLLM_LOGGING_CONFIG_PATH"] = str(self.log_config)
         return env
 
     def start(self) -> None:
         assert self.proc is None or self.proc.poll() is not None, f"{self.name} is running"
         self.cache_root.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(parents=True, exist_ok=True)
+        if self.log_config is not None:
+            self.log_config.write_text(json.dumps(REQUEST_LOG, indent=1) + "\n")
         with self.log_path.open("ab") as log:
             log.write(f"\n===== warmgw: starting {self.name} on {self.url} =====\n".encode())
             log.flush()
@@ -213,7 +256,8 @@ class Replicas:
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.all = [Replica("r0", 0, workdir), Replica("r1", 1, workdir)]
+        self.all = [Replica(name, cpu, workdir, SERVE_FLAGS, request_log=True)
+                    for name, cpu in (("r0", 0), ("r1", 1))]
         self.failed = False  # a test failed: keep the logs
 
     def __getitem__(self, i: int) -> Replica:
@@ -290,6 +334,69 @@ async def sized_prompt(s: aiohttp.ClientSession, url: str, tokens: int) -> tuple
             break
         text, n = longer, m
     return text, n
+
+
+@dataclass(frozen=True)
+class Logged:
+    """One generation request as a replica logged it (REQUEST_LOG): what its engine was
+    asked to run, with the ids vLLM gave it."""
+
+    id: str  # the engine's request id: cmpl-BASE-0 or chatcmpl-BASE
+    base: str  # the client's X-Request-Id, or the body's request_id (random when unset)
+    kind: str  # "chat" or "completions"
+    model: str  # the LoRA adapter the engine ran it with, else the body's model
+    stream: bool
+    prompt_tokens: int  # the prompt's token ids, counted
+    n: int
+    logprobs: int | None
+    structured: str  # repr of the engine's StructuredOutputsParams ("None": none)
+    body: dict[str, object]
+
+
+_BODY = re.compile(r"\] Request (\S+) JSON body: (\{.*\})$")
+_DETAILS = re.compile(r"\] Request (\S+) details: .*prompt_token_ids: (\[[^\]]*\]|None), "
+                      r"prompt_embeds shape")
+_RECEIVED = re.compile(r"\] Received request ((?:chat)?cmpl-\S+): params: (SamplingParams\(.*\)),"
+                       r" lora_request: (.*)\.$")
+
+
+def read_request_log(path: Path, offset: int = 0) -> list[Logged]:
+    """The chat and completions requests the replica received after byte `offset` of its
+    log, in the order its API server handed them to the engine."""
+    with path.open("rb") as f:
+        f.seek(offset)
+        text = f.read().decode(errors="replace")
+    bodies: dict[str, dict[str, object]] = {}
+    tokens: dict[str, int] = {}
+    out: list[Logged] = []
+    for line in text.splitlines():
+        if m := _BODY.search(line):
+            bodies[m.group(1)] = json.loads(m.group(2))
+        elif m := _DETAILS.search(line):
+            ids = m.group(2)
+            tokens[m.group(1)] = 0 if ids == "None" else len(re.findall(r"\d+", ids))
+        elif m := _RECEIVED.search(line):
+            rid, params, lora = m.groups()
+            if rid.startswith("chatcmpl-"):
+                kind, base = "chat", rid[len("chatcmpl-"):]
+            else:
+                kind, base = "completions", re.sub(r"-\d+$", "", rid[len("cmpl-"):])
+            body = bodies.get(base, {})
+            n = re.search(r"\bn=(\d+)", params)
+            lp = re.search(r"\blogprobs=(\d+|None)", params)
+            so = re.search(r"\bstructured_outputs=(.*), extra_args=", params)
+            adapter = re.search(r"lora_name='([^']*)'", lora)
+            out.append(Logged(
+                id=rid, base=base, kind=kind,
+                model=adapter.group(1) if adapter else str(body.get("model", "")),
+                stream=bool(body.get("stream", False)),
+                prompt_tokens=tokens.get(rid, -1),
+                n=int(n.group(1)) if n else 1,
+                logprobs=int(lp.group(1)) if lp and lp.group(1) != "None" else None,
+                structured=so.group(1) if so else "None",
+                body=body,
+            ))  # fmt: skip
+    return out
 
 
 SHM_PREFIXES = ("psm_", "sem.mp-")  # shared memory and semaphores of multiprocessing

@@ -21,7 +21,15 @@ import pytest
 import pytest_asyncio
 
 from tests.helpers import gateway_config, observe, wait_all_ready, wait_for, wait_state
-from tests.vllm.conftest import MAX_MODEL_LEN, MODEL, SERVED, TIMINGS, Replicas
+from tests.vllm.conftest import (
+    LORA_NAME,
+    MAX_MODEL_LEN,
+    MODEL,
+    SERVED,
+    TIMINGS,
+    Replicas,
+    read_request_log,
+)
 from warmgw.app import Gateway
 from warmgw.config import Config
 from warmgw.core.lifecycle import State
@@ -65,8 +73,11 @@ def config(urls: dict[str, str]) -> Config:
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def gw(vllm_replicas: Replicas) -> AsyncIterator[Gateway]:
     started = time.monotonic()
+    # where each replica's log stood before this gateway sent anything
+    offsets = {r.name: r.log_path.stat().st_size for r in vllm_replicas.all}
     async with Gateway(config(vllm_replicas.urls)) as g:
         g.started_at = started  # type: ignore[attr-defined]
+        g.log_offsets = offsets  # type: ignore[attr-defined]
         yield g
 
 
@@ -109,7 +120,8 @@ async def test_probe_learns_model_and_max_model_len(gw: Gateway) -> None:
 
     await wait_for(probed, 60, "both replicas probed")
     for ep in gw.registry.endpoints.values():
-        assert ep.models == frozenset({SERVED}), ep
+        assert ep.models == frozenset({SERVED, LORA_NAME}), ep
+        assert ep.adapters == frozenset({LORA_NAME})  # listed with its base as parent
         assert ep.max_model_len == MAX_MODEL_LEN
         assert ep.start_marker is not None  # process_start_time_seconds was read
 
@@ -129,9 +141,18 @@ async def test_warmup_completes_against_real_vllm(gw: Gateway, vllm_replicas: Re
         warmed = next(t for t in gw.registry.history
                       if t.name == name and t.frm is State.WARMING)
         print(f"{name}: {warmed.reason}")
-    # the warmup's synthetic requests really ran on each replica
+    # the warmup's synthetic requests really ran on each replica, and none was refused:
+    # every prompt fits max_model_len in the replica's own tokens (the tiny tokenizer
+    # splits words, so a prompt sized in words would be refused as too long)
     for r in vllm_replicas.all:
         assert metric(await scrape(r.url), "vllm:request_success_total") >= 10
+    assert metric(await scrape(gw.url), "warmgw_warmup_refused_total") == 0
+    assert metric(await scrape(gw.url), "warmgw_warmup_requests_total") >= 20
+    # the adapter each replica lists was warmed too (--max-loras 1: one adapter at most)
+    for r in vllm_replicas.all:
+        logged = read_request_log(r.log_path, gw.log_offsets[r.name])  # type: ignore[attr-defined]
+        warmed = [x for x in logged if x.model == LORA_NAME]
+        assert warmed, f"no request for {LORA_NAME} in {r.name}'s log"
 
 
 # -- user traffic ---------------------------------------------------------------------------
@@ -139,7 +160,7 @@ async def test_warmup_completes_against_real_vllm(gw: Gateway, vllm_replicas: Re
 
 async def test_models_are_the_gateways_union(client: openai.AsyncOpenAI) -> None:
     models = await client.models.list()
-    assert [m.id for m in models.data] == [SERVED]
+    assert sorted(m.id for m in models.data) == sorted([SERVED, LORA_NAME])
 
 
 async def test_chat_non_stream(client: openai.AsyncOpenAI) -> None:

@@ -19,7 +19,15 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.vllm.conftest import MAX_MODEL_LEN, MODEL, SERVED, Replicas, sized_prompt
+from tests.vllm.build_model import LORA_DIR
+from tests.vllm.conftest import (
+    LORA_NAME,
+    MAX_MODEL_LEN,
+    MODEL,
+    SERVED,
+    Replicas,
+    sized_prompt,
+)
 from warmgw.probe import start_marker
 
 pytestmark = pytest.mark.timeout(600)
@@ -77,13 +85,17 @@ async def test_models_card(s: aiohttp.ClientSession, url: str) -> None:
     async with s.get(url + "/v1/models") as r:
         assert r.status == 200 and r.headers["Content-Type"] == "application/json"
         data = await r.json()
-    assert data["object"] == "list" and len(data["data"]) == 1
-    card = data["data"][0]
+    assert data["object"] == "list" and len(data["data"]) == 2
+    card, lora = data["data"]
     assert card["id"] == SERVED and card["object"] == "model" and card["owned_by"] == "vllm"
     assert card["root"] == str(MODEL)  # the model path, not the served name
     assert card["parent"] is None and card["max_model_len"] == MAX_MODEL_LEN
     assert abs(card["created"] - time.time()) < 5  # the time of the request, not of start
     assert card["permission"][0]["object"] == "model_permission"
+    # a LoRA adapter (--lora-modules NAME=PATH) is a card of its own: its base as parent,
+    # its path as root, no max_model_len (the gateway reads that from the base's card)
+    assert lora["id"] == LORA_NAME and lora["parent"] == SERVED
+    assert lora["root"] == str(MODEL / LORA_DIR) and lora["max_model_len"] is None
 
 
 async def test_version_and_load(s: aiohttp.ClientSession, url: str) -> None:
@@ -113,6 +125,8 @@ async def test_metrics_names_and_start_time(s: aiohttp.ClientSession, url: str) 
     for reason in ("stop", "length", "abort", "error"):
         assert f'finished_reason="{reason}"' in text
     assert 'num_gpu_blocks="16"' in text and 'block_size="128"' in text
+    # how many adapters the engine holds at once (--max-loras): the gateway's max_lora
+    assert re.search(r'^vllm:lora_requests_info\{max_lora="1",', text, re.M)
     line = re.search(r"^process_start_time_seconds (\S+)$", text, re.M)
     assert line is not None and "e+09" in line.group(1)  # e.g. 1.79590065315e+09
     assert start_marker(text.encode()) == float(line.group(1))
