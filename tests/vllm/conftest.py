@@ -101,19 +101,36 @@ def tail(path: Path, lines: int = 60) -> str:
 # at INFO it says only "Received request ID: params: SamplingParams(...), lora_request:
 # ...", at DEBUG also each request's JSON body and its prompt's token ids. Nothing else of
 # vLLM's logs at DEBUG (its DEBUG everywhere would flood the log at every engine step).
+# vLLM hands this file (VLLM_LOGGING_CONFIG_PATH) to uvicorn as well, which then logs only
+# what it configures: hence uvicorn's own loggers, as uvicorn's defaults set them up.
 REQUEST_LOG = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"vllm": {
-        "()": "vllm.logging_utils.NewLineFormatter", "datefmt": "%m-%d %H:%M:%S",
-        "format": "(%(vllm_process_name)s pid=%(process)d) %(levelname)s %(asctime)s "
-                  "[%(fileinfo)s:%(lineno)d] %(message)s",
-    }},
-    "handlers": {"vllm": {"class": "logging.StreamHandler", "formatter": "vllm",
-                          "level": "DEBUG", "stream": "ext://sys.stdout"}},
+    "formatters": {
+        "vllm": {
+            "()": "vllm.logging_utils.NewLineFormatter", "datefmt": "%m-%d %H:%M:%S",
+            "format": "(%(vllm_process_name)s pid=%(process)d) %(levelname)s %(asctime)s "
+                      "[%(fileinfo)s:%(lineno)d] %(message)s",
+        },
+        "default": {"()": "uvicorn.logging.DefaultFormatter",
+                    "fmt": "%(levelprefix)s %(message)s", "use_colors": False},
+        "access": {"()": "uvicorn.logging.AccessFormatter", "use_colors": False,
+                   "fmt": '%(levelprefix)s %(client_addr)s - "%(request_line)s" %(status_code)s'},
+    },
+    "handlers": {
+        "vllm": {"class": "logging.StreamHandler", "formatter": "vllm", "level": "DEBUG",
+                 "stream": "ext://sys.stdout"},
+        "default": {"class": "logging.StreamHandler", "formatter": "default",
+                    "stream": "ext://sys.stderr"},
+        "access": {"class": "logging.StreamHandler", "formatter": "access",
+                   "stream": "ext://sys.stdout"},
+    },
     "loggers": {
         "vllm": {"handlers": ["vllm"], "level": "INFO", "propagate": False},
         "vllm.entrypoints.serve.utils.request_logger": {"level": "DEBUG"},
+        "uvicorn": {"handlers": ["default"], "level": "INFO", "propagate": False},
+        "uvicorn.error": {"level": "INFO"},
+        "uvicorn.access": {"handlers": ["access"], "level": "INFO", "propagate": False},
     },
 }  # fmt: skip
 

@@ -28,6 +28,9 @@ def route_of(path: str) -> str:
     return ROUTES.get(path, "other")
 
 
+_new_key = tuple.__new__  # a ShapeKey without NamedTuple's Python-level __new__ (hot path)
+
+
 class RequestFacts:
     """What a front-end extracts from a request once, cheaply (no tokenizer)."""
 
@@ -49,8 +52,8 @@ class RequestFacts:
         """The feature-shape, with the exact prompt size when the replica told it."""
         if self.route != "chat" and self.route != "completions":
             return None
-        return ShapeKey(self.model or "", self.route, self.stream,
-                        fine(prompt_tokens or self.tokens), self.features)
+        return _new_key(ShapeKey, (self.model or "", self.route, self.stream,
+                                   fine(prompt_tokens or self.tokens), self.features))
 
 
 class Refusal:

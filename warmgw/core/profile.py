@@ -126,19 +126,27 @@ class TrafficProfile:
 class Coverage:
     """Covered and total user requests per minute, over a sliding window."""
 
+    __slots__ = ("_ends", "_row", "minutes", "window")
+
     def __init__(self, window: float) -> None:
         self.window = window
         self.minutes: deque[list[float]] = deque()  # [minute, covered, total]
+        self._row: list[float] = [0.0, 0.0, 0.0]
+        self._ends = -1.0  # when the current minute's row ends
 
     def add(self, covered: bool, now: float) -> None:
-        minute = float(int(now // 60.0))
-        m = self.minutes
-        if not m or m[-1][0] != minute:
-            m.append([minute, 0.0, 0.0])
+        row = self._row
+        if now >= self._ends:
+            minute = now // 60.0
+            self._ends = minute * 60.0 + 60.0
+            row = self._row = [minute, 0.0, 0.0]
+            m = self.minutes
+            m.append(row)
             while m and m[0][0] * 60.0 < now - self.window:
                 m.popleft()
-        m[-1][1] += covered
-        m[-1][2] += 1.0
+        if covered:
+            row[1] += 1.0
+        row[2] += 1.0
 
     def ratio(self, now: float) -> float | None:
         """Covered over total in the window; None with no request in it."""
