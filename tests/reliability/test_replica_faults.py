@@ -105,8 +105,11 @@ async def test_refused_connection_is_retried_on_another_replica(setup):
 # -- reset before the response ------------------------------------------------------------
 
 
-@pytest.mark.gateway(outlier={"consecutive_errors": 1000})
+@pytest.mark.gateway(outlier={"consecutive_errors": 1000},
+                     upstream={"retry_unanswered": False})
 async def test_reset_before_the_response_is_a_clear_502_and_not_retried(setup):
+    """With upstream.retry_unanswered off (on, a request a kept-alive connection dropped
+    unanswered goes once more on a fresh one: test_retry_unanswered.py)."""
     fleet, gw = setup
     r0 = fleet.replicas[0]
     r0.set_faults(drop_mid_stream=0)  # takes the request, then resets the connection
