@@ -1,0 +1,71 @@
+"""warmgw as the endpoint picker behind a real Envoy (ext_proc, full-duplex bodies, an
+original-destination cluster that goes where x-gateway-destination-endpoint says), with
+simulated replicas on their own loopback addresses behind it. What is checked is what a
+user and the replicas see: OpenAI answers through Envoy, and which replica served each
+user request (the replicas' own request logs, warmup=False)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.epp.conftest import ENVOY
+from tests.epp.envoy import Envoy, config
+from tests.helpers import gateway_config, wait_all_ready
+from warmgw.app import Gateway
+from warmgw.sim import SimConfig, SimFleet, SimReplica
+
+FAST = SimConfig(ttft_base=0.002, itl=0.001)
+
+
+def users(replica: SimReplica) -> int:
+    return sum(not r.warmup for r in replica.log)
+
+
+@pytest.fixture
+async def fleet() -> AsyncIterator[SimFleet]:
+    async with SimFleet(FAST, replicas=2, distinct_hosts=True, host="127.0.0.21") as f:
+        yield f
+
+
+@pytest.fixture
+async def stack(fleet: SimFleet, tmp_path: Path) -> AsyncIterator[tuple[Gateway, Envoy]]:
+    assert ENVOY is not None
+    cfg = gateway_config(fleet.urls, epp={"listen": {"port": 0}})
+    async with Gateway(cfg) as gw:
+        await wait_all_ready(gw)
+        async with Envoy(ENVOY, config(gw.epp_port), tmp_path) as envoy:
+            yield gw, envoy
+
+
+async def test_openai_client_through_envoy(stack: tuple[Gateway, Envoy], fleet: SimFleet) -> None:
+    gw, envoy = stack
+    client = openai.AsyncOpenAI(base_url=envoy.url + "/v1", api_key="x", max_retries=0)
+    async with client:
+        chat = await client.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "hi there"}], max_tokens=5)
+        assert chat.choices[0].message.content
+        assert chat.usage is not None and chat.usage.completion_tokens == 5
+        comp = await client.completions.create(model="tiny", prompt="once upon", max_tokens=3)
+        assert comp.choices[0].text and comp.usage is not None
+        stream = await client.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=6,
+            stream=True, stream_options={"include_usage": True})
+        text, usage = "", None
+        async for ev in stream:
+            if ev.choices:
+                text += ev.choices[0].delta.content or ""
+            usage = ev.usage or usage
+        assert text and usage is not None and usage.completion_tokens == 6
+        cstream = await client.completions.create(model="tiny", prompt="abc", max_tokens=4,
+                                                  stream=True)
+        pieces = [c.choices[0].text async for c in cstream if c.choices]
+        assert "".join(pieces)
+    assert sum(users(r) for r in fleet.replicas) == 4
+    # every ticket was closed, and the answers were counted against the replicas
+    assert all(e.inflight == 0 for e in gw.registry.endpoints.values())
+    counted = {k: v for k, v in gw.router.stats.requests.items() if k[1]}
+    assert sum(v for (_, _, _, status), v in counted.items() if status == 200) == 4, counted
