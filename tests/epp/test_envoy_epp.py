@@ -9,13 +9,16 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
+import grpc  # type: ignore[import-untyped]
 import openai
 import pytest
 
 from tests.epp.conftest import ENVOY
 from tests.epp.envoy import Envoy, config
-from tests.helpers import gateway_config, wait_all_ready
+from tests.helpers import gateway_config, wait_all_ready, wait_for
 from warmgw.app import Gateway
+from warmgw.epp import wire
 from warmgw.sim import SimConfig, SimFleet, SimReplica
 
 FAST = SimConfig(ttft_base=0.002, itl=0.001)
@@ -69,3 +72,72 @@ async def test_openai_client_through_envoy(stack: tuple[Gateway, Envoy], fleet: 
     assert all(e.inflight == 0 for e in gw.registry.endpoints.values())
     counted = {k: v for k, v in gw.router.stats.requests.items() if k[1]}
     assert sum(v for (_, _, _, status), v in counted.items() if status == 200) == 4, counted
+
+
+async def test_refusals_come_back_through_envoy(stack: tuple[Gateway, Envoy]) -> None:
+    gw, envoy = stack
+    client = openai.AsyncOpenAI(base_url=envoy.url + "/v1", api_key="x", max_retries=0)
+    async with client:
+        with pytest.raises(openai.NotFoundError) as nf:
+            await client.completions.create(model="nope", prompt="x", max_tokens=2)
+        assert nf.value.body["code"] == "model_not_found"  # type: ignore[index]
+    async with aiohttp.ClientSession() as s:
+        async with s.post(envoy.url + "/v1/chat/completions", data=b"{not json",
+                          headers={"Content-Type": "application/json"}) as r:
+            assert r.status == 400
+            assert (await r.json())["error"]["code"] == "invalid_json"
+        async with s.post(envoy.url + "/v1/completions", data=b"model=tiny",
+                          headers={"Content-Type": "application/x-www-form-urlencoded"}) as r:
+            assert r.status == 415
+    assert all(e.inflight == 0 for e in gw.registry.endpoints.values())
+
+
+async def test_nothing_routable_is_503_with_retry_after_and_health_says_so(
+        tmp_path: Path) -> None:
+    assert ENVOY is not None
+    # a replica that names its model but is not there: the model is known, nothing routes
+    cfg = gateway_config([], epp={"listen": {"port": 0}},
+                         replicas=[{"url": "http://127.0.0.29:9", "model": "tiny"}])
+    async with Gateway(cfg) as gw, Envoy(ENVOY, config(gw.epp_port), tmp_path) as envoy:
+        assert await health(gw.epp_port, "") == "NOT_SERVING"
+        assert await health(gw.epp_port, "liveness") == "SERVING"
+        async with aiohttp.ClientSession() as s:
+            async with s.post(envoy.url + "/v1/completions",
+                              json={"model": "tiny", "prompt": "x", "max_tokens": 2}) as r:
+                assert r.status == 503
+                assert r.headers["Retry-After"] == "2"
+                assert (await r.json())["error"]["code"] == "no_replica"
+
+
+async def health(port: int, service: str) -> str:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        check = ch.unary_unary("/grpc.health.v1.Health/Check",
+                               request_serializer=wire.HealthRequest.SerializeToString,
+                               response_deserializer=wire.HealthResponse.FromString)
+        resp = await check(wire.HealthRequest(service=service))
+        return str(wire.HealthResponse.DESCRIPTOR.enum_types_by_name["ServingStatus"]
+                   .values_by_number[resp.status].name)
+
+
+async def test_health_serving_once_a_model_routes(stack: tuple[Gateway, Envoy]) -> None:
+    gw, _ = stack
+    for service in ("", "readiness", "liveness", "envoy.service.ext_proc.v3.ExternalProcessor"):
+        assert await health(gw.epp_port, service) == "SERVING"
+
+
+async def test_a_client_that_leaves_mid_stream_is_counted_and_frees_the_replica(
+        stack: tuple[Gateway, Envoy], fleet: SimFleet) -> None:
+    gw, envoy = stack
+    client = openai.AsyncOpenAI(base_url=envoy.url + "/v1", api_key="x", max_retries=0)
+    async with client:
+        stream = await client.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=2000,
+            stream=True)
+        async for _ in stream:
+            break
+        await stream.close()
+    await wait_for(lambda: all(e.inflight == 0 for e in gw.registry.endpoints.values()),
+                   10, "the ticket to be closed")
+    left = sum(v for (_, rep, _, status), v in gw.router.stats.requests.items()
+               if rep and status == 499)
+    assert left == 1

@@ -43,7 +43,7 @@ class Phase(Enum):
 
 class Exchange:
     __slots__ = ("_body", "_duplex_req", "_duplex_resp", "_headers", "_streamed", "_tail",
-                 "address", "cancel", "fallbacks", "max_body", "phase", "router", "status",
+                 "address", "answered_here", "cancel", "fallbacks", "max_body", "phase", "router", "status",
                  "ticket")
 
     def __init__(self, router: Router, address: Callable[[str], str], max_body: int,
@@ -55,6 +55,7 @@ class Exchange:
         self.cancel = cancel
         self.phase = Phase.REQUEST
         self.ticket: Ticket | None = None
+        self.answered_here = False  # an ImmediateResponse was sent
         self.status = 0
         self._headers: dict[str, str] = {}
         self._body: list[bytes] = []
@@ -181,6 +182,7 @@ class Exchange:
         path = self._headers.get(":path", "/").split("?", 1)[0]
         self.router.count_local(route_of(path), status)
         self.phase = Phase.DONE
+        self.answered_here = True
         headers = [JSON, ("retry-after", "2")] if retry else [JSON]
         return [wire.immediate(status, headers, errors.body(message, type_, code, param),
                                f"warmgw_{code}")]
@@ -216,5 +218,9 @@ class Exchange:
         if t is None or self.phase is not Phase.RESPONSE:
             return
         self.phase = Phase.DONE
-        t.complete(self.status, streamed=self._streamed,
-                   prompt_tokens=prompt_tokens_of(self._tail))
+        self.ticket = None
+        try:
+            t.complete(self.status, streamed=self._streamed,
+                       prompt_tokens=prompt_tokens_of(self._tail))
+        finally:  # done: the in-flight count returns before Envoy passes the last bytes on
+            t.close()

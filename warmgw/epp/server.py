@@ -65,8 +65,8 @@ class EndpointPicker:
             async for ev in events:
                 for reply in ex.on(ev):
                     yield reply
-                if ex.phase is Phase.DONE and ex.ticket is None:
-                    return  # answered here (ImmediateResponse): nothing more to follow
+                if ex.phase is Phase.DONE and ex.answered_here:
+                    return  # an ImmediateResponse: nothing more follows on this stream
         finally:  # the stream ended, was cancelled by Envoy, or was cut (a drain)
             self.streams -= 1
             ex.close()
