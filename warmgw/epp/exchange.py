@@ -43,8 +43,8 @@ class Phase(Enum):
 
 class Exchange:
     __slots__ = ("_body", "_duplex_req", "_duplex_resp", "_headers", "_streamed", "_tail",
-                 "address", "answered_here", "cancel", "fallbacks", "max_body", "phase", "router", "status",
-                 "ticket")
+                 "address", "answered_here", "cancel", "fallbacks", "max_body", "phase",
+                 "router", "status", "ticket")
 
     def __init__(self, router: Router, address: Callable[[str], str], max_body: int,
                  fallbacks: int = 0, cancel: Callable[[], object] | None = None) -> None:
