@@ -6,6 +6,8 @@ user request (the replicas' own request logs, warmup=False)."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,8 +18,11 @@ import pytest
 
 from tests.epp.conftest import ENVOY
 from tests.epp.envoy import Envoy, config
-from tests.helpers import gateway_config, wait_all_ready, wait_for
+from tests.helpers import gateway_config, observe, wait_all_ready, wait_for
 from warmgw.app import Gateway
+from warmgw.core.lifecycle import State
+from warmgw.core.model import EndpointSpec
+from warmgw.core.registry import Transition
 from warmgw.epp import wire
 from warmgw.sim import SimConfig, SimFleet, SimReplica
 
@@ -141,3 +146,84 @@ async def test_a_client_that_leaves_mid_stream_is_counted_and_frees_the_replica(
     left = sum(v for (_, rep, _, status), v in gw.router.stats.requests.items()
                if rep and status == 499)
     assert left == 1
+
+
+async def load(url: str, stop: asyncio.Event, errors: list[str], workers: int = 4) -> None:
+    """Users through Envoy until stop: chat and completions, streamed and not."""
+    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+
+    async def user(i: int) -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            try:
+                if (i + n) % 2:
+                    s = await client.chat.completions.create(
+                        model="tiny", messages=[{"role": "user", "content": f"q {n}"}],
+                        max_tokens=4, stream=True)
+                    async for _ in s:
+                        pass
+                else:
+                    await client.completions.create(model="tiny", prompt=f"p {n}", max_tokens=3)
+            except openai.APIError as e:
+                errors.append(repr(e))
+
+    async with client:
+        await asyncio.gather(*(user(i) for i in range(workers)))
+
+
+@pytest.mark.timeout(120)
+async def test_a_replica_joining_under_load_gets_no_user_request_before_it_is_warm(
+        tmp_path: Path) -> None:
+    assert ENVOY is not None
+    async with SimFleet(FAST, replicas=3, distinct_hosts=True, host="127.0.0.31") as fleet:
+        r0, r1, r2 = fleet.replicas
+        cfg = gateway_config({"r0": r0.url, "r1": r1.url}, epp={"listen": {"port": 0}})
+        async with Gateway(cfg) as gw, Envoy(ENVOY, config(gw.epp_port), tmp_path) as envoy:
+            await wait_all_ready(gw)
+            warm_at: list[float] = []
+
+            def seen(t: Transition) -> None:
+                if t.name == "r2" and t.frm is State.WARMING and t.to is State.RAMPING:
+                    warm_at.append(time.monotonic())  # the replicas' clock too
+
+            unobserve = observe(gw.registry, seen)
+            stop, errors = asyncio.Event(), []
+            users_task = asyncio.create_task(load(envoy.url, stop, errors))
+            try:
+                await wait_for(lambda: users(r0) + users(r1) >= 20, 30, "traffic")
+                gw.static.add(EndpointSpec("r2", r2.url, "blue"))
+                await wait_for(lambda: users(r2) >= 10, 60, "user requests on r2")
+            finally:
+                stop.set()
+                await users_task
+                unobserve()
+            assert not errors, errors[:5]
+            assert warm_at, "r2 never finished its warmup"
+            early = [r for r in r2.log if not r.warmup and r.start < warm_at[0]]
+            assert not early, f"{len(early)} user requests reached r2 while it warmed"
+            assert any(r.warmup and r.start < warm_at[0] for r in r2.log)
+            assert all(e.inflight == 0 for e in gw.registry.endpoints.values())
+
+
+async def test_buffered_request_and_streamed_response_modes(fleet: SimFleet,
+                                                            tmp_path: Path) -> None:
+    """The other body modes: the whole request body in one message (headers answered at
+    once, the destination on the body's answer), the response passed on by Envoy itself
+    chunk by chunk."""
+    assert ENVOY is not None
+    cfg = gateway_config(fleet.urls, epp={"listen": {"port": 0}})
+    async with Gateway(cfg) as gw:
+        await wait_all_ready(gw)
+        envoy_cfg = config(gw.epp_port, request_body="BUFFERED", response_body="STREAMED")
+        async with Envoy(ENVOY, envoy_cfg, tmp_path) as envoy:
+            client = openai.AsyncOpenAI(base_url=envoy.url + "/v1", api_key="x", max_retries=0)
+            async with client:
+                chat = await client.chat.completions.create(
+                    model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=5)
+                assert chat.usage is not None and chat.usage.completion_tokens == 5
+                stream = await client.completions.create(model="tiny", prompt="abc",
+                                                         max_tokens=4, stream=True)
+                assert "".join([c.choices[0].text async for c in stream if c.choices])
+        assert sum(users(r) for r in fleet.replicas) == 2
+        assert all(e.inflight == 0 for e in gw.registry.endpoints.values())
