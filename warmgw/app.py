@@ -29,6 +29,7 @@ from warmgw.core.routing import Router
 from warmgw.cutover import CutoverDriver
 from warmgw.discovery.kube import KubeApi, KubeDiscovery, default_identity, own_namespace
 from warmgw.discovery.static import StaticDiscovery
+from warmgw.epp.server import EndpointPicker
 from warmgw.h1.client import Pool
 from warmgw.listener import UserListener
 from warmgw.policy.configmap import ConfigMapStore
@@ -137,6 +138,9 @@ class Gateway:
                                      self.supervisor),
             metrics.RuntimeCollector(lambda: self.client_connections),
         )
+        # the Envoy ext_proc front-end (config section epp), over the same router
+        self.epp = EndpointPicker(self.router, up.max_body_bytes, cfg.epp.fallbacks
+                                  ) if cfg.epp is not None else None
         self.listener = UserListener(self.proxy, self.registry, collectors, self.limits,
                                      up.max_body_bytes)
         self.admin = Admin(cfg.admin.token, self.registry, self.bluegreen, self.policy,
@@ -147,6 +151,7 @@ class Gateway:
         self._cold_log: asyncio.Task[None] | None = None
         self.port = 0
         self.admin_port = 0
+        self.epp_port = 0
 
     @property
     def url(self) -> str:
@@ -196,6 +201,9 @@ class Gateway:
                                              name="warmgw-cold-hits")
         self.port = await self.listener.listen(cfg.listen.host, cfg.listen.port)
         log.info("warmgw serving on %s (strategy %s)", self.url, cfg.lifecycle.strategy)
+        if self.epp is not None and cfg.epp is not None:
+            self.epp_port = await self.epp.start(cfg.epp.host, cfg.epp.port)
+            log.info("endpoint picker (ext_proc) on %s:%d", cfg.epp.host, self.epp_port)
         if self.admin is not None:
             self.admin_port = await self._listen_admin(self.admin)
             log.info("admin API on %s", self.admin_url)
@@ -225,6 +233,8 @@ class Gateway:
         listen.shutdown_timeout), then stop the background work."""
         runner, self._admin_runner = self._admin_runner, None
         stops = [self.listener.stop(self.config.listen.shutdown_timeout)]
+        if self.epp is not None:
+            stops.append(self.epp.stop(self.config.listen.shutdown_timeout))
         if runner is not None:
             stops.append(runner.cleanup())
         await asyncio.gather(*stops)

@@ -1,4 +1,4 @@
-"""The `warmgw` command: serve, sim, demo."""
+"""The `warmgw` command: serve, epp, sim, demo."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from warmgw import logs
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import dataclasses
+
     import uvloop
 
-    from warmgw.config import ConfigError, load
+    from warmgw.config import ConfigError, EppParams, load
     from warmgw.fdlimit import raise_open_files_limit
     from warmgw.policy.codec import PolicyReadError
     from warmgw.serve import serve_forever
@@ -21,6 +23,13 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"warmgw: bad config: {e}", file=sys.stderr)
         return 2
+    if args.command == "epp":  # the endpoint picker on, whatever the file says
+        epp = config.epp or EppParams()
+        if args.host is not None:
+            epp = dataclasses.replace(epp, host=args.host)
+        if args.port is not None:
+            epp = dataclasses.replace(epp, port=args.port)
+        config = dataclasses.replace(config, epp=epp)
     raise_open_files_limit()
     try:
         uvloop.run(serve_forever(config))
@@ -55,6 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the gateway")
     p.add_argument("--config", "-c", required=True, help="YAML config file")
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("epp", help="run the gateway as Envoy's endpoint picker (ext_proc "
+                       "gRPC), beside its HTTP listener")
+    p.add_argument("--config", "-c", required=True, help="YAML config file")
+    p.add_argument("--host", help="gRPC listen address (default: epp.listen.host, 127.0.0.1)")
+    p.add_argument("--port", type=int, help="gRPC port (default: epp.listen.port, 9002)")
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("sim", help="run simulated vLLM replicas")

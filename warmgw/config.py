@@ -86,6 +86,18 @@ class AdminParams:
 
 
 @dataclass(frozen=True, slots=True)
+class EppParams:
+    """Config section `epp`: warmgw as the Endpoint Picker behind Envoy (ext_proc gRPC),
+    beside the HTTP listener. `epp: {listen: {host, port}, fallbacks: N}`."""
+
+    host: str = "127.0.0.1"
+    port: int = 9002  # the port the Inference Extension's EPP uses
+    # endpoints given after the picked one (x-gateway-destination-endpoint ip:port,ip:port):
+    # 0 for Envoy's original-destination cluster, which takes exactly one ip:port
+    fallbacks: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class KubeParams:
     namespace: str | None = None  # None: the gateway pod's own (in-cluster), else default
     label_selector: str = "app=vllm"
@@ -113,6 +125,7 @@ class Config:
     cutover: CutoverParams = field(default_factory=CutoverParams)
     replicas: tuple[EndpointSpec, ...] = ()
     kubernetes: KubeParams | None = None
+    epp: EppParams | None = None  # None: no endpoint picker
     active_pool: str | None = None
     state_file: str | None = None
     source: str | None = None  # the file it was read from, for reloads
@@ -235,7 +248,28 @@ def parse_replicas(raw: Any, where: str = "replicas") -> tuple[EndpointSpec, ...
 KNOWN = {
     "listen", "admin", "upstream", "clients", "health", "strategy", "ramp", "slow_start", "outlier",
     "fleet", "warmup", "replicas", "policy", "state_file", "cutover", "discovery", "profile",
+    "epp",
 }
+
+
+def parse_epp(raw: Any) -> EppParams | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"epp: expected a mapping, got {raw!r}")
+    for key in raw:
+        if key not in ("listen", "fallbacks"):
+            raise ConfigError(f"epp.{key}: unknown key (known: fallbacks, listen)")
+    listen = dict(_section(raw, "listen"))
+    for key in listen:
+        if key not in ("host", "port"):
+            raise ConfigError(f"epp.listen.{key}: unknown key (known: host, port)")
+    if "fallbacks" in raw:
+        listen["fallbacks"] = raw["fallbacks"]
+    p = _build(EppParams, listen, "epp")
+    if not 0 <= p.port <= 65535:
+        raise ConfigError(f"epp.listen.port: expected 0-65535, got {p.port}")
+    return p
 
 
 def parse(data: Any, source: str | None = None) -> Config:
@@ -279,6 +313,7 @@ def parse(data: Any, source: str | None = None) -> Config:
                               f"{kube.pool_label!r})")
     cfg = Config(
         kubernetes=kube,
+        epp=parse_epp(data.get("epp")),
         listen=_build(Listen, _section(data, "listen"), "listen"),
         admin=admin,
         upstream=_build(UpstreamParams, _section(data, "upstream"), "upstream"),

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from warmgw import errors
 from warmgw.config import UpstreamParams
-from warmgw.core.facts import Refusal, RequestFacts, from_json, route_of
+from warmgw.core.facts import Refusal, RequestFacts, from_json, prompt_tokens_of, route_of
 from warmgw.core.lifecycle import State
 from warmgw.core.model import Endpoint, Route, Snapshot
 from warmgw.core.registry import Transition
@@ -224,7 +224,7 @@ class Proxy:
                 body = await up.read()
             except Cut as e:
                 return self._failed(req, ticket, rid, e)
-            ticket.complete(status, prompt_tokens=_prompt_tokens(body))
+            ticket.complete(status, prompt_tokens=prompt_tokens_of(body))
             req.conn.respond(status, out, body)
         finally:
             up.release()
@@ -272,7 +272,7 @@ class Proxy:
         except ConnectionResetError:
             ticket.left()
             return
-        ticket.complete(up.status, streamed=True, prompt_tokens=_prompt_tokens(last))
+        ticket.complete(up.status, streamed=True, prompt_tokens=prompt_tokens_of(last))
 
     async def _cut(self, conn: Connection, ticket: Ticket, sse: bool, last: bytes,
                    e: Cut) -> None:
@@ -312,26 +312,6 @@ class Proxy:
             cached = json.dumps({"object": "list", "data": data}).encode()
             self._models_cache = (snap.version, cached)
         return cached
-
-
-PROMPT_TOKENS = b'"prompt_tokens":'
-
-
-def _prompt_tokens(data: bytes) -> int:
-    """usage.prompt_tokens of an OpenAI response body (or a stream's last event), 0 when
-    it has none: the replica's own count of the prompt, found without parsing the body
-    (vLLM writes usage last)."""
-    i = data.rfind(PROMPT_TOKENS)
-    if i < 0:
-        return 0
-    j = i + len(PROMPT_TOKENS)
-    n = len(data)
-    while j < n and data[j] == 32:
-        j += 1
-    k = j
-    while k < n and 48 <= data[k] <= 57:
-        k += 1
-    return int(data[j:k]) if k > j else 0
 
 
 def _sole_model(snap: Snapshot) -> str | None:

@@ -98,3 +98,23 @@ def from_json(path: str, obj: Any, body_bytes: int, sole_model: str | None,
         return RequestFacts(route, model, stream, body_bytes, max_tokens)
     return RequestFacts(route, model, stream, body_bytes, max_tokens,
                         ratios.estimate(model, body_bytes), features_of(obj, keep))
+
+
+PROMPT_TOKENS = b'"prompt_tokens":'
+
+
+def prompt_tokens_of(data: bytes) -> int:
+    """usage.prompt_tokens of an OpenAI response body (or a stream's last event), 0 when
+    it has none: the replica's own count of the prompt, found without parsing the body
+    (vLLM writes usage last)."""
+    i = data.rfind(PROMPT_TOKENS)
+    if i < 0:
+        return 0
+    j = i + len(PROMPT_TOKENS)
+    n = len(data)
+    while j < n and data[j] == 32:
+        j += 1
+    k = j
+    while k < n and 48 <= data[k] <= 57:
+        k += 1
+    return int(data[j:k]) if k > j else 0

@@ -197,6 +197,18 @@ class Router:
         ep.tickets.add(ticket)
         return ticket
 
+    def alternates(self, route: Route, first: Endpoint, n: int) -> list[Endpoint]:
+        """Up to n more endpoints, in the order the picker would try them after `first`
+        (fallbacks a proxy may go down on its own); no in-flight count is taken."""
+        now = self.clock.now()
+        tried = [first]
+        for _ in range(n):
+            ep = pick(route, self.rng, now, tried)
+            if ep is None:
+                break
+            tried.append(ep)
+        return tried[1:]
+
     def count_local(self, route: str, status: int) -> None:
         """An answer from the gateway itself (no endpoint)."""
         self.stats.count("", "", route, status)

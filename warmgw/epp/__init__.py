@@ -1,0 +1,1 @@
+"""warmgw as the Endpoint Picker (ext_proc) behind Envoy."""
