@@ -49,6 +49,7 @@ def text_of(words: int) -> str:
 class _Model:
     ids: list[int] = field(default_factory=list)  # token ids of a long text
     words_per_token: float = 1.0
+    limit: int = 0  # the largest size these ids were asked for (fewer may be all there is)
     chat: dict[int, tuple[str, int]] = field(default_factory=dict)  # n -> (text, tokens)
 
 
@@ -82,7 +83,7 @@ class Sizer:
         async with lock:
             if model in self._models:
                 known = self._models[model]
-                if known is None or len(known.ids) >= limit:
+                if known is None or known.limit >= limit:
                     return known
             # a short text first (a replica may refuse to tokenize more than its context),
             # then one of about `limit` tokens at the ratio measured
@@ -109,6 +110,8 @@ class Sizer:
                 words = int(limit * m.words_per_token * 0.9)
                 if words <= 256:
                     break
+            if m is not None:
+                m.limit = limit  # asked once for this size; ids are repeated beyond them
             self._models[model] = m
             return m
 

@@ -11,8 +11,8 @@ user request r1 received, a warmup request of the same feature-shape (kind, stre
 model or adapter, prompt size bucket, n, logprobs, structured-output spec) reached it
 before. User requests are told from warmup requests by their ids: the users here send an
 X-Request-Id (the gateway passes it on, vLLM names the request after it), the warmup sends
-none (vLLM makes a random one up). The structured-output spec is compared by content;
-compared as vLLM keys its grammars (key order counts), it is a known gateway gap (xfail).
+none (vLLM makes a random one up). The structured-output spec is compared by content, and
+as vLLM keys its grammars (key order counts).
 
 The cost this saves, measured: vLLM 0.32 on the CPU compiles its logprobs op on the first
 request that asks for logprobs, 19-23 s on this machine against ~30 ms after
@@ -254,11 +254,9 @@ async def test_a_joining_replica_was_warmed_with_every_shape_users_sent(
     print(f"{len(users)} user requests on r1, after {len(log) - len(users)} warmup requests")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the gateway keeps a structured-output spec as canonical JSON (sort_keys) and warms "
-    "with that; vLLM keys its compiled grammars by json.dumps of the schema as sent, so a "
-    "client's key order is another grammar, compiled on the user's first request"))
 async def test_the_warmup_sends_a_schema_as_users_send_it(scenario: Scenario) -> None:
+    """vLLM keys its compiled grammars by the schema's text as sent: a client's key order
+    is another grammar, so the warmup sends the spec in the users' own order."""
     missing, _ = unwarmed(scenario.log, exact=True)
     assert not missing, "\n".join(missing.values())
 

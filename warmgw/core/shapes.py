@@ -122,9 +122,12 @@ class ShapeKey(NamedTuple):
 
 
 def spec_id(spec: Any) -> tuple[str, str]:
-    """A short id of a JSON value (a schema, a tool list) and its canonical JSON."""
+    """A short id of a JSON value (a schema, a tool list), the same whatever the order of
+    its keys, and the JSON as sent: an engine keys a compiled grammar on the text it was
+    given, so a warmup must send the spec in the users' own order."""
     canon = json.dumps(spec, sort_keys=True, separators=(",", ":"))
-    return hashlib.blake2b(canon.encode(), digest_size=6).hexdigest(), canon
+    sent = json.dumps(spec, separators=(",", ":"))
+    return hashlib.blake2b(canon.encode(), digest_size=6).hexdigest(), sent
 
 
 STRUCTURED = ("response_format", "guided_json", "guided_regex", "guided_choice",
