@@ -27,7 +27,8 @@ from warmgw.core.policy import TrafficPolicy
 from warmgw.core.registry import Registry, Strategy
 from warmgw.core.routing import Router
 from warmgw.cutover import CutoverDriver
-from warmgw.discovery.kube import KubeApi, KubeDiscovery, default_identity, own_namespace
+from warmgw.discovery.kapi import KubeApi, default_identity, own_namespace
+from warmgw.discovery.kube import KubeDiscovery
 from warmgw.discovery.static import StaticDiscovery
 from warmgw.h1.client import Pool
 from warmgw.listener import UserListener
@@ -123,14 +124,15 @@ class Gateway:
         self.bluegreen.on_change = self.policy.changed
         self.supervisor = Supervisor(self.registry, self.replicas, self.control_session,
                                      self.warmer, cfg.warmup, cfg.health, clock,
-                                     coordinator=self.kube, traffic=self.router.profile)
+                                     coordinator=self.kube.gate if self.kube else None,
+                                     traffic=self.router.profile)
         self.cutover = CutoverDriver(self.bluegreen, self.registry, self.router, self.warmer,
                                      cfg.cutover, clock)
         self.pool = Pool(up.connect_timeout, up.read_timeout, UPSTREAM_KEEPALIVE)
         self.proxy = Proxy(self.router, self.pool, up, rng)
         reactions: list[Reaction] = [self.supervisor, self.proxy]
         if self.kube is not None:
-            reactions.append(self.kube)
+            reactions.append(self.kube.gate)
         self.replicas.react_with(reactions)
         collectors = metrics.registry_for(
             metrics.GatewayCollector(self.registry, self.bluegreen, self.router,
