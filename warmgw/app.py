@@ -27,6 +27,8 @@ from warmgw.core.policy import TrafficPolicy
 from warmgw.core.registry import Registry, Strategy
 from warmgw.core.routing import Router
 from warmgw.cutover import CutoverDriver
+from warmgw.discovery.dns import DnsDiscovery
+from warmgw.discovery.endpointslices import SliceDiscovery
 from warmgw.discovery.kapi import KubeApi, default_identity, own_namespace
 from warmgw.discovery.kube import KubeDiscovery
 from warmgw.discovery.static import StaticDiscovery
@@ -106,20 +108,29 @@ class Gateway:
 
         k = cfg.kubernetes
         self.kube_api = KubeApi(k.kubeconfig if k else None)
-        self.kube: KubeDiscovery | None = None
+        self.kube: KubeDiscovery | SliceDiscovery | None = None
         store: PolicyStore = FileStore(cfg.state_file) if cfg.state_file else MemoryStore()
         if k is not None:
             ns = k.namespace or own_namespace()
-            self.kube = KubeDiscovery(
-                self.kube_api, self.registry, self.replicas, ns, k.label_selector,
-                k.pool_label, k.port, k.model, k.identity or default_identity(),
-                k.readiness_gate, k.lease_duration, k.watch_timeout,
-            )
+            identity = k.identity or default_identity()
+            if k.source == "endpointslices":
+                self.kube = SliceDiscovery(
+                    self.kube_api, self.registry, self.replicas, ns, k.slice_labels,
+                    k.label_selector, k.pool_label, k.port_name, k.port, k.model, identity,
+                    k.readiness_gate, k.lease_duration, k.watch_timeout,
+                )
+            else:
+                self.kube = KubeDiscovery(
+                    self.kube_api, self.registry, self.replicas, ns, k.label_selector,
+                    k.pool_label, k.port, k.model, identity,
+                    k.readiness_gate, k.lease_duration, k.watch_timeout,
+                )
             if k.policy_configmap:
                 store = ConfigMapStore(self.kube_api, ns, k.policy_configmap, k.watch_timeout)
-        # replicas in the config file are the static source; with Kubernetes, pods are
-        self.static = StaticDiscovery(self.registry, cfg.replicas if k is None else (),
-                                      cfg.source)
+        self.dns = DnsDiscovery(self.registry, cfg.dns) if cfg.dns is not None else None
+        # replicas in the config file are the static source, unless another is configured
+        self.static = StaticDiscovery(
+            self.registry, cfg.replicas if k is None and cfg.dns is None else (), cfg.source)
         self.policy = PolicyKeeper(self.bluegreen, store)
         self.bluegreen.on_change = self.policy.changed
         self.supervisor = Supervisor(self.registry, self.replicas, self.control_session,
@@ -193,6 +204,8 @@ class Gateway:
         await self.static.start()
         if self.kube is not None:
             await self.kube.start()
+        if self.dns is not None:
+            await self.dns.start()
         await self.cutover.start()
         self._cold_log = asyncio.create_task(consume(self._cold_hits, log_cold_hit),
                                              name="warmgw-cold-hits")
@@ -239,6 +252,8 @@ class Gateway:
         await self.supervisor.stop()
         if self.kube is not None:
             await self.kube.stop()
+        if self.dns is not None:
+            await self.dns.stop()
         await self.policy.stop()
         await self.kube_api.close()
         for s in (self.control_session, self.warm_session):

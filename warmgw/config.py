@@ -22,6 +22,7 @@ from warmgw.core.ramp import RampParams, SlowStartParams
 from warmgw.core.registry import LifecycleParams, OutlierParams, Strategy
 from warmgw.core.stats import FleetParams
 from warmgw.core.warm import OnDeadline, WarmProfile
+from warmgw.discovery.params import DnsParams, KubeParams
 
 
 class ConfigError(ValueError):
@@ -86,21 +87,6 @@ class AdminParams:
 
 
 @dataclass(frozen=True, slots=True)
-class KubeParams:
-    namespace: str | None = None  # None: the gateway pod's own (in-cluster), else default
-    label_selector: str = "app=vllm"
-    pool_label: str = "warmgw.io/pool"
-    port: int = 8000
-    model: str | None = None  # None: learn it from /v1/models
-    kubeconfig: str | None = None  # None: in-cluster service account
-    readiness_gate: bool = True
-    lease_duration: int = 15
-    watch_timeout: int = 300
-    policy_configmap: str = "warmgw-policy"
-    identity: str | None = None  # None: $POD_NAME, or the host name
-
-
-@dataclass(frozen=True, slots=True)
 class Config:
     listen: Listen = field(default_factory=Listen)
     admin: AdminParams = field(default_factory=AdminParams)
@@ -113,6 +99,7 @@ class Config:
     cutover: CutoverParams = field(default_factory=CutoverParams)
     replicas: tuple[EndpointSpec, ...] = ()
     kubernetes: KubeParams | None = None
+    dns: DnsParams | None = None
     active_pool: str | None = None
     state_file: str | None = None
     source: str | None = None  # the file it was read from, for reloads
@@ -264,21 +251,10 @@ def parse(data: Any, source: str | None = None) -> Config:
     active = policy.get("active")
     if active is not None and (not isinstance(active, str) or not active):
         raise ConfigError(f"policy.active: expected a pool name, got {active!r}")
-    discovery = _section(data, "discovery")
-    for key in discovery:
-        if key != "kubernetes":
-            raise ConfigError(f"discovery.{key}: unknown key (known: kubernetes)")
-    kube = None
-    if "kubernetes" in discovery:
-        kube = _build(KubeParams, _section(discovery, "kubernetes"), "discovery.kubernetes")
-        if data.get("replicas"):
-            raise ConfigError("replicas: give either replicas or discovery.kubernetes, not both")
-        if not active:
-            raise ConfigError("policy.active: required with discovery.kubernetes (the pool "
-                              "that serves until a cutover; pods carry it in the label "
-                              f"{kube.pool_label!r})")
+    kube, dns, active = _discovery(data, active)
     cfg = Config(
         kubernetes=kube,
+        dns=dns,
         listen=_build(Listen, _section(data, "listen"), "listen"),
         admin=admin,
         upstream=_build(UpstreamParams, _section(data, "upstream"), "upstream"),
@@ -295,6 +271,42 @@ def parse(data: Any, source: str | None = None) -> Config:
     )
     _check(cfg)
     return cfg
+
+
+def _discovery(data: Mapping[str, Any], active: str | None
+               ) -> tuple[KubeParams | None, DnsParams | None, str | None]:
+    discovery = _section(data, "discovery")
+    for key in discovery:
+        if key not in ("kubernetes", "dns"):
+            raise ConfigError(f"discovery.{key}: unknown key (known: dns, kubernetes)")
+    if len(discovery) > 1 or (discovery and data.get("replicas")):
+        given = sorted(discovery) + (["replicas"] if data.get("replicas") else [])
+        raise ConfigError(f"discovery: give one source of replicas, got {', '.join(given)}")
+    kube = dns = None
+    if "kubernetes" in discovery:
+        where = "discovery.kubernetes"
+        kube = _build(KubeParams, _section(discovery, "kubernetes"), where)
+        if kube.source not in ("pods", "endpointslices"):
+            raise ConfigError(f"{where}.source: expected pods or endpointslices, "
+                              f"got {kube.source!r}")
+        if kube.source == "endpointslices" and not kube.slice_labels:
+            raise ConfigError(f"{where}.service: required with source endpointslices "
+                              "(or slice_selector)")
+        if not active:
+            raise ConfigError("policy.active: required with discovery.kubernetes (the pool "
+                              "that serves until a cutover; pods carry it in the label "
+                              f"{kube.pool_label!r})")
+    if "dns" in discovery:
+        dns = _build(DnsParams, _section(discovery, "dns"), "discovery.dns")
+        if dns.name is None:
+            raise ConfigError("discovery.dns.name: required (the name to resolve)")
+        if dns.type not in ("A", "AAAA", "SRV"):
+            raise ConfigError(f"discovery.dns.type: expected A, AAAA or SRV, got {dns.type!r}")
+        if dns.interval <= 0 or dns.timeout <= 0 or not 1 <= dns.port <= 65535:
+            raise ConfigError(f"discovery.dns: expected interval > 0, timeout > 0, port "
+                              f"1-65535, got {dns}")
+        active = active or dns.pool
+    return kube, dns, active
 
 
 def _check(cfg: Config) -> None:
