@@ -27,7 +27,10 @@ from warmgw.core.policy import TrafficPolicy
 from warmgw.core.registry import Registry, Strategy
 from warmgw.core.routing import Router
 from warmgw.cutover import CutoverDriver
-from warmgw.discovery.kube import KubeApi, KubeDiscovery, default_identity, own_namespace
+from warmgw.discovery.dns import DnsDiscovery
+from warmgw.discovery.endpointslices import SliceDiscovery
+from warmgw.discovery.kapi import KubeApi, default_identity, own_namespace
+from warmgw.discovery.kube import KubeDiscovery
 from warmgw.discovery.static import StaticDiscovery
 from warmgw.epp.server import EndpointPicker
 from warmgw.h1.client import Pool
@@ -106,32 +109,42 @@ class Gateway:
 
         k = cfg.kubernetes
         self.kube_api = KubeApi(k.kubeconfig if k else None)
-        self.kube: KubeDiscovery | None = None
+        self.kube: KubeDiscovery | SliceDiscovery | None = None
         store: PolicyStore = FileStore(cfg.state_file) if cfg.state_file else MemoryStore()
         if k is not None:
             ns = k.namespace or own_namespace()
-            self.kube = KubeDiscovery(
-                self.kube_api, self.registry, self.replicas, ns, k.label_selector,
-                k.pool_label, k.port, k.model, k.identity or default_identity(),
-                k.readiness_gate, k.lease_duration, k.watch_timeout,
-            )
+            identity = k.identity or default_identity()
+            if k.source == "endpointslices":
+                self.kube = SliceDiscovery(
+                    self.kube_api, self.registry, self.replicas, ns, k.slice_labels,
+                    k.label_selector, k.pool_label, k.port_name, k.port, k.model, identity,
+                    k.readiness_gate, k.lease_duration, k.watch_timeout,
+                )
+            else:
+                self.kube = KubeDiscovery(
+                    self.kube_api, self.registry, self.replicas, ns, k.label_selector,
+                    k.pool_label, k.port, k.model, identity,
+                    k.readiness_gate, k.lease_duration, k.watch_timeout,
+                )
             if k.policy_configmap:
                 store = ConfigMapStore(self.kube_api, ns, k.policy_configmap, k.watch_timeout)
-        # replicas in the config file are the static source; with Kubernetes, pods are
-        self.static = StaticDiscovery(self.registry, cfg.replicas if k is None else (),
-                                      cfg.source)
+        self.dns = DnsDiscovery(self.registry, cfg.dns) if cfg.dns is not None else None
+        # replicas in the config file are the static source, unless another is configured
+        self.static = StaticDiscovery(
+            self.registry, cfg.replicas if k is None and cfg.dns is None else (), cfg.source)
         self.policy = PolicyKeeper(self.bluegreen, store)
         self.bluegreen.on_change = self.policy.changed
         self.supervisor = Supervisor(self.registry, self.replicas, self.control_session,
                                      self.warmer, cfg.warmup, cfg.health, clock,
-                                     coordinator=self.kube, traffic=self.router.profile)
+                                     coordinator=self.kube.gate if self.kube else None,
+                                     traffic=self.router.profile)
         self.cutover = CutoverDriver(self.bluegreen, self.registry, self.router, self.warmer,
                                      cfg.cutover, clock)
         self.pool = Pool(up.connect_timeout, up.read_timeout, UPSTREAM_KEEPALIVE)
         self.proxy = Proxy(self.router, self.pool, up, rng)
         reactions: list[Reaction] = [self.supervisor, self.proxy]
         if self.kube is not None:
-            reactions.append(self.kube)
+            reactions.append(self.kube.gate)
         self.replicas.react_with(reactions)
         collectors = metrics.registry_for(
             metrics.GatewayCollector(self.registry, self.bluegreen, self.router,
@@ -196,6 +209,8 @@ class Gateway:
         await self.static.start()
         if self.kube is not None:
             await self.kube.start()
+        if self.dns is not None:
+            await self.dns.start()
         await self.cutover.start()
         self._cold_log = asyncio.create_task(consume(self._cold_hits, log_cold_hit),
                                              name="warmgw-cold-hits")
@@ -247,6 +262,8 @@ class Gateway:
         await self.supervisor.stop()
         if self.kube is not None:
             await self.kube.stop()
+        if self.dns is not None:
+            await self.dns.stop()
         await self.policy.stop()
         await self.kube_api.close()
         for s in (self.control_session, self.warm_session):

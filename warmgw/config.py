@@ -22,6 +22,7 @@ from warmgw.core.ramp import RampParams, SlowStartParams
 from warmgw.core.registry import LifecycleParams, OutlierParams, Strategy
 from warmgw.core.stats import FleetParams
 from warmgw.core.warm import OnDeadline, WarmProfile
+from warmgw.discovery.params import DnsParams, KubeParams
 
 
 class ConfigError(ValueError):
@@ -41,9 +42,7 @@ class UpstreamParams:
     read_timeout: float = 300.0  # between two chunks, not for the whole response
     max_body_bytes: int = 8 * 1024 * 1024
     retries: int = 2  # other replicas tried when a connection cannot be made
-    # a request sent on a reused connection that closed or reset before any byte of the
-    # answer came back is sent once more, on a fresh connection (the replica may have
-    # closed it as the request went out); completions have no side effects
+    # sent once more, on a fresh connection, when a reused one dropped it unanswered
     retry_unanswered: bool = True
 
 
@@ -98,21 +97,6 @@ class EppParams:
 
 
 @dataclass(frozen=True, slots=True)
-class KubeParams:
-    namespace: str | None = None  # None: the gateway pod's own (in-cluster), else default
-    label_selector: str = "app=vllm"
-    pool_label: str = "warmgw.io/pool"
-    port: int = 8000
-    model: str | None = None  # None: learn it from /v1/models
-    kubeconfig: str | None = None  # None: in-cluster service account
-    readiness_gate: bool = True
-    lease_duration: int = 15
-    watch_timeout: int = 300
-    policy_configmap: str = "warmgw-policy"
-    identity: str | None = None  # None: $POD_NAME, or the host name
-
-
-@dataclass(frozen=True, slots=True)
 class Config:
     listen: Listen = field(default_factory=Listen)
     admin: AdminParams = field(default_factory=AdminParams)
@@ -126,6 +110,7 @@ class Config:
     replicas: tuple[EndpointSpec, ...] = ()
     kubernetes: KubeParams | None = None
     epp: EppParams | None = None  # None: no endpoint picker
+    dns: DnsParams | None = None
     active_pool: str | None = None
     state_file: str | None = None
     source: str | None = None  # the file it was read from, for reloads
@@ -257,13 +242,12 @@ def parse_epp(raw: Any) -> EppParams | None:
         return None
     if not isinstance(raw, Mapping):
         raise ConfigError(f"epp: expected a mapping, got {raw!r}")
-    for key in raw:
-        if key not in ("listen", "fallbacks"):
-            raise ConfigError(f"epp.{key}: unknown key (known: fallbacks, listen)")
+    for where, mapping, known in (("epp", raw, ("fallbacks", "listen")),
+                                  ("epp.listen", _section(raw, "listen"), ("host", "port"))):
+        for key in mapping:
+            if key not in known:
+                raise ConfigError(f"{where}.{key}: unknown key (known: {', '.join(known)})")
     listen = dict(_section(raw, "listen"))
-    for key in listen:
-        if key not in ("host", "port"):
-            raise ConfigError(f"epp.listen.{key}: unknown key (known: host, port)")
     if "fallbacks" in raw:
         listen["fallbacks"] = raw["fallbacks"]
     p = _build(EppParams, listen, "epp")
@@ -298,22 +282,11 @@ def parse(data: Any, source: str | None = None) -> Config:
     active = policy.get("active")
     if active is not None and (not isinstance(active, str) or not active):
         raise ConfigError(f"policy.active: expected a pool name, got {active!r}")
-    discovery = _section(data, "discovery")
-    for key in discovery:
-        if key != "kubernetes":
-            raise ConfigError(f"discovery.{key}: unknown key (known: kubernetes)")
-    kube = None
-    if "kubernetes" in discovery:
-        kube = _build(KubeParams, _section(discovery, "kubernetes"), "discovery.kubernetes")
-        if data.get("replicas"):
-            raise ConfigError("replicas: give either replicas or discovery.kubernetes, not both")
-        if not active:
-            raise ConfigError("policy.active: required with discovery.kubernetes (the pool "
-                              "that serves until a cutover; pods carry it in the label "
-                              f"{kube.pool_label!r})")
+    kube, dns, active = _discovery(data, active)
     cfg = Config(
         kubernetes=kube,
         epp=parse_epp(data.get("epp")),
+        dns=dns,
         listen=_build(Listen, _section(data, "listen"), "listen"),
         admin=admin,
         upstream=_build(UpstreamParams, _section(data, "upstream"), "upstream"),
@@ -330,6 +303,42 @@ def parse(data: Any, source: str | None = None) -> Config:
     )
     _check(cfg)
     return cfg
+
+
+def _discovery(data: Mapping[str, Any], active: str | None
+               ) -> tuple[KubeParams | None, DnsParams | None, str | None]:
+    discovery = _section(data, "discovery")
+    for key in discovery:
+        if key not in ("kubernetes", "dns"):
+            raise ConfigError(f"discovery.{key}: unknown key (known: dns, kubernetes)")
+    if len(discovery) > 1 or (discovery and data.get("replicas")):
+        given = sorted(discovery) + (["replicas"] if data.get("replicas") else [])
+        raise ConfigError(f"discovery: give one source of replicas, got {', '.join(given)}")
+    kube = dns = None
+    if "kubernetes" in discovery:
+        where = "discovery.kubernetes"
+        kube = _build(KubeParams, _section(discovery, "kubernetes"), where)
+        if kube.source not in ("pods", "endpointslices"):
+            raise ConfigError(f"{where}.source: expected pods or endpointslices, "
+                              f"got {kube.source!r}")
+        if kube.source == "endpointslices" and not kube.slice_labels:
+            raise ConfigError(f"{where}.service: required with source endpointslices "
+                              "(or slice_selector)")
+        if not active:
+            raise ConfigError("policy.active: required with discovery.kubernetes (the pool "
+                              "that serves until a cutover; pods carry it in the label "
+                              f"{kube.pool_label!r})")
+    if "dns" in discovery:
+        dns = _build(DnsParams, _section(discovery, "dns"), "discovery.dns")
+        if dns.name is None:
+            raise ConfigError("discovery.dns.name: required (the name to resolve)")
+        if dns.type not in ("A", "AAAA", "SRV"):
+            raise ConfigError(f"discovery.dns.type: expected A, AAAA or SRV, got {dns.type!r}")
+        if dns.interval <= 0 or dns.timeout <= 0 or not 1 <= dns.port <= 65535:
+            raise ConfigError(f"discovery.dns: expected interval > 0, timeout > 0, port "
+                              f"1-65535, got {dns}")
+        active = active or dns.pool
+    return kube, dns, active
 
 
 def _check(cfg: Config) -> None:
@@ -355,11 +364,9 @@ def _check(cfg: Config) -> None:
         if any(v < 1 for v in values):
             raise ConfigError(f"warmup.{name}: every value must be >= 1, got {list(values)}")
     pr = cfg.profile
-    if not 0.0 < pr.coverage <= 1.0 or pr.half_life <= 0 or pr.max_shapes < 1:
-        raise ConfigError(f"profile: expected 0 < coverage <= 1, half_life > 0, max_shapes "
-                          f">= 1, got {pr}")
-    if w.max_batch < 1:
-        raise ConfigError(f"warmup.max_batch: expected >= 1, got {w.max_batch}")
+    if not 0.0 < pr.coverage <= 1.0 or pr.half_life <= 0 or min(pr.max_shapes, w.max_batch) < 1:
+        raise ConfigError("expected 0 < profile.coverage <= 1, profile.half_life > 0, "
+                          f"profile.max_shapes >= 1, warmup.max_batch >= 1; got {pr}, {w}")
     if w.max_rounds < 1 or w.max_concurrent < 1:
         raise ConfigError("warmup.max_rounds and warmup.max_concurrent must be >= 1")
     c = cfg.clients

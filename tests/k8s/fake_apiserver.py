@@ -269,11 +269,14 @@ class FakeApiServer:
 
     def add_service(self, namespace: str, name: str, selector: Mapping[str, str], port: int,
                     *, target_port: int | None = None, port_name: str = "http",
-                    publish_not_ready_addresses: bool = False) -> JSON:
-        """A Service whose EndpointSlices the fake controller keeps up to date."""
+                    publish_not_ready_addresses: bool = False,
+                    labels: Mapping[str, str] | None = None) -> JSON:
+        """A Service whose EndpointSlices the fake controller keeps up to date (they carry
+        the Service's labels, as the real controller's do)."""
         return self.cluster.add_service(namespace, name, selector, port,
                                         target_port=target_port, port_name=port_name,
-                                        publish_not_ready_addresses=publish_not_ready_addresses)
+                                        publish_not_ready_addresses=publish_not_ready_addresses,
+                                        labels=labels)
 
     def put_configmap(self, namespace: str, name: str, data: Mapping[str, str]) -> JSON:
         return self.cluster.put_configmap(namespace, name, data)

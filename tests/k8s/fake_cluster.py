@@ -195,9 +195,10 @@ class Cluster:
 
     def add_service(self, namespace: str, name: str, selector: Mapping[str, str], port: int, *,
                     target_port: int | None = None, port_name: str = "http",
-                    publish_not_ready_addresses: bool = False) -> JSON:
+                    publish_not_ready_addresses: bool = False,
+                    labels: Mapping[str, str] | None = None) -> JSON:
         svc = self.store.create(SERVICES, namespace, {
-            "metadata": {"name": name},
+            "metadata": {"name": name, "labels": dict(labels or {})},
             "spec": {"selector": dict(selector), "type": "ClusterIP",
                      "clusterIP": f"10.96.{len(self.store.select(SERVICES)) % 250}.10",
                      "ports": [{"name": port_name, "port": port, "protocol": "TCP",
@@ -239,8 +240,10 @@ class Cluster:
                 have = self.store.get(ENDPOINTSLICES, namespace, desired["metadata"]["name"])
                 if have is None:
                     self.store.create(ENDPOINTSLICES, namespace, desired)
-                elif any(have.get(k) != desired.get(k) for k in ("endpoints", "ports")):
+                elif any(have.get(k) != desired.get(k) for k in ("endpoints", "ports")) or (
+                        have["metadata"].get("labels") != desired["metadata"]["labels"]):
                     have.update(endpoints=desired["endpoints"], ports=desired["ports"])
+                    have["metadata"]["labels"] = desired["metadata"]["labels"]
                     self.store.replace(ENDPOINTSLICES, namespace, have)
             for have in self.store.select(ENDPOINTSLICES, namespace):
                 labels = have["metadata"].get("labels") or {}

@@ -207,7 +207,9 @@ def desired_slices(service: JSON, pods: Iterable[JSON], max_per_slice: int) -> l
             "name": slice_name(meta["name"], i),
             "generateName": f"{meta['name']}-",
             "namespace": meta["namespace"],
-            "labels": {SERVICE_NAME_LABEL: meta["name"], MANAGED_BY_LABEL: SLICE_CONTROLLER},
+            # the Service's labels are copied, then the controller's own set
+            "labels": {**(meta.get("labels") or {}), SERVICE_NAME_LABEL: meta["name"],
+                       MANAGED_BY_LABEL: SLICE_CONTROLLER},
             "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": meta["name"],
                                  "uid": meta["uid"], "controller": True,
                                  "blockOwnerDeletion": True}],
