@@ -267,6 +267,30 @@ async def test_a_real_conflict_takes_the_stored_policy_and_fails() -> None:
     assert w.store.saves == saves
 
 
+async def test_the_same_switch_taken_from_the_store_meanwhile_wins_over_ours() -> None:
+    """Two replicas switch blue -> green at once: the watch brings the other's (equal)
+    decision here between ours and its commit. Theirs came first: ours is refused (409),
+    though the pool is the same, so that exactly one caller is told it switched."""
+    w = World(FakeStore())
+    await w.keeper.start()
+    assert w.store.apply is not None
+    base, follows = w.keeper.core(), w.keeper.follows
+    w.bluegreen.cutover(CutoverRequest(to="green", force=True))
+    decided = w.keeper.core()
+    theirs = PolicyState("green", "blue", {"green": 1.0}, [RECORD])
+    w.store.write_elsewhere(theirs)
+    w.store.apply(theirs)  # their write, as the watch delivers it
+    saves = w.store.saves
+    assert await w.keeper.commit(base, decided, follows) is False
+    assert w.store.saves == saves and w.store.policy == theirs
+    assert w.bluegreen.active == "green"
+    # a later decision, begun after that, commits
+    base, follows = w.keeper.core(), w.keeper.follows
+    w.bluegreen.cutover(CutoverRequest(to="blue", force=True))
+    assert await w.keeper.commit(base, w.keeper.core(), follows) is True
+    await w.keeper.stop()
+
+
 async def test_a_store_error_applies_and_the_writer_retries(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

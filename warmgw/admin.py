@@ -44,10 +44,13 @@ def _conflict(active: str) -> web.Response:
 class PolicyCommit(Protocol):
     """The traffic policy's compare-and-swap (warmgw.policy.keeper.PolicyKeeper)."""
 
+    follows: int  # policies taken from another gateway replica so far
+
     def core(self) -> tuple[object, ...]: ...
 
     async def commit(self, base: tuple[object, ...] | None = None,
-                     decided: tuple[object, ...] | None = None) -> bool: ...
+                     decided: tuple[object, ...] | None = None,
+                     follows: int | None = None) -> bool: ...
 
 
 class Admin:
@@ -125,12 +128,12 @@ class Admin:
 
     async def cutover(self, request: web.Request) -> web.Response:
         body = await self._body(request)
-        base = self.policy.core()
+        base, follows = self.policy.core(), self.policy.follows
         try:
             rec = self.bluegreen.cutover(request_from_json(body))
         except CutoverError as e:
             return _error(e.status, str(e), **e.details)
-        if not await self.policy.commit(base, self.policy.core()):
+        if not await self.policy.commit(base, self.policy.core(), follows):
             return _conflict(self.bluegreen.active)
         log.info("cutover %s -> %s (%s) by admin call", rec.frm, rec.to, rec.mode)
         return _json({"cutover": rec.as_dict(), "policy": self.bluegreen.state().shares})
@@ -140,12 +143,12 @@ class Admin:
         force = body.get("force", False) if isinstance(body, dict) else None
         if not isinstance(force, bool):
             return _error(400, f"field 'force' must be true or false, got {force!r}")
-        base = self.policy.core()
+        base, follows = self.policy.core(), self.policy.follows
         try:
             rec = self.bluegreen.rollback(force)
         except CutoverError as e:
             return _error(e.status, str(e), **e.details)
-        if not await self.policy.commit(base, self.policy.core()):
+        if not await self.policy.commit(base, self.policy.core(), follows):
             return _conflict(self.bluegreen.active)
         log.info("rollback %s -> %s by admin call", rec.frm, rec.to)
         return _json({"cutover": rec.as_dict(), "policy": self.bluegreen.state().shares})

@@ -40,6 +40,7 @@ class PolicyKeeper:
         self._dirty = asyncio.Event()
         self._lock = asyncio.Lock()
         self._writer: asyncio.Task[None] | None = None
+        self.follows = 0  # policies taken from the store (another replica's), so far
 
     async def start(self) -> None:
         saved = await self.store.load()
@@ -67,16 +68,21 @@ class PolicyKeeper:
     def core(self) -> Core:
         return core_of(self.bluegreen.state())
 
-    async def commit(self, base: Core | None = None, decided: Core | None = None) -> bool:
+    async def commit(self, base: Core | None = None, decided: Core | None = None,
+                     follows: int | None = None) -> bool:
         """Store the current policy (compare-and-swap on the store's version).
 
         base: the policy the caller's decision started from; decided: what it decided. A
         conflict with a stored policy that still equals base (or ours) is bookkeeping only
         (drain times) and is retried; anything else means another gateway replica switched
-        first: its policy is taken here and False returned."""
+        first: its policy is taken here and False returned. follows: `self.follows` when the
+        decision began; a policy taken from another replica since then came first (even one
+        that switched to the same pool), so this decision is refused."""
         async with self._lock:
             if decided is not None and self.core() != decided:
                 return False  # a stored change from elsewhere was applied meanwhile
+            if follows is not None and follows != self.follows:
+                return False
             for _ in range(5):
                 mine = self.bluegreen.state()
                 try:
@@ -90,12 +96,14 @@ class PolicyKeeper:
                     remote = await self.store.load()
                     if remote is None or core_of(remote) == (base or core_of(mine)):
                         continue  # only bookkeeping changed there: write ours again
+                    self.follows += 1
                     self.bluegreen.restore(remote, follow=True)
                     return False
             return False
 
     def _follow(self, policy: PolicyState) -> None:
         """Another gateway replica changed the stored policy: take it."""
+        self.follows += 1
         self.bluegreen.restore(policy, follow=True)
 
     async def _write(self) -> None:
