@@ -152,6 +152,10 @@ def _features(c: SimConfig) -> str:
     return "; " + out if out else ""
 
 
+def _g(x: Any) -> str:
+    return "-" if x is None else f"{x:g}"
+
+
 def _paid(sm: Mapping[str, Any]) -> str:
     """User requests on new replicas that paid a first-use cost, by reason."""
     nc = sm.get("newcomer_cold")
@@ -264,9 +268,10 @@ def markdown(data: Mapping[str, Any], s: Scenario) -> str:
         if gw:
             hits = ", ".join(f"{k} {v}" for k, v in gw.get("cold_hits", {}).items()) or "none"
             out += ["", f"The gateway's own count: cold hits {hits}; learned profile "
-                    f"{gw.get('profile_shapes', '-')} shapes; warmup coverage "
-                    f"{gw.get('coverage', '-')}; warmup requests refused "
-                    f"{gw.get('warmup_refused', '-')}"]
+                    f"{_g(gw.get('profile_shapes'))} shapes; warmup coverage (share of user "
+                    f"requests whose shape their replica's warmup had sent) "
+                    f"{_g(gw.get('coverage'))}; warmup requests refused "
+                    f"{_g(gw.get('warmup_refused'))}"]
         if sm["cold_hits_by_replica"]:
             out += ["", "Cold hits by replica: " + ", ".join(
                 f"{k} {v}" for k, v in sm["cold_hits_by_replica"].items())]
