@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest.procs import Child, Children, free_port
 from loadtest.simfleet import Replica
@@ -77,6 +78,10 @@ class Balancer(ABC):
 
     async def observe(self) -> dict[str, Any]:
         """The balancer's view of each replica right now (for the record); {} if none."""
+        return {}
+
+    async def report(self) -> dict[str, Any]:
+        """What the balancer counted itself over the run, read at the end; {} if nothing."""
         return {}
 
     async def wait_routable(self, names: list[str], timeout: float) -> float:
@@ -240,6 +245,34 @@ class Warmgw(Balancer):
 
     def replica_of(self, headers: Mapping[str, str]) -> str:
         return headers.get("X-Warmgw-Replica", "")
+
+    async def report(self) -> dict[str, Any]:
+        """From the gateway's /metrics: the cold hits it counted ("replica/reason" -> n),
+        the learned profile's size, warmup coverage and refused warmup requests."""
+        try:
+            async with self.session.get(self.url + "/metrics",
+                                        timeout=aiohttp.ClientTimeout(total=5.0)) as r:
+                text = await r.text() if r.status == 200 else ""
+        except (aiohttp.ClientError, TimeoutError):
+            return {}
+        return gateway_counts(text)
+
+
+GATEWAY_GAUGES = {"warmgw_warmup_coverage_ratio": "coverage",
+                  "warmgw_profile_shapes": "profile_shapes",
+                  "warmgw_warmup_refused_total": "warmup_refused"}
+
+
+def gateway_counts(text: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"cold_hits": {}}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "warmgw_cold_hits_total":
+                key = f"{sample.labels.get('replica')}/{sample.labels.get('reason')}"
+                out["cold_hits"][key] = int(sample.value)
+            elif sample.name in GATEWAY_GAUGES:
+                out[GATEWAY_GAUGES[sample.name]] = round(sample.value, 4)
+    return out
 
     async def observe(self) -> dict[str, Any]:
         try:

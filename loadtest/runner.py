@@ -14,7 +14,9 @@ One strategy's run, all within the scenario's `limit` once the load starts:
    process.
 
 The simulator's counters (GET /sim/stats) are read when the load starts, at T0, at the
-end of `during` and at the end, so cold hits are known per phase.
+end of `during` and at the end, so cold hits are known per phase; at the end, the
+newcomers' own request logs say which user requests on them paid a first-use cost, and
+for what (GET /sim/requests), and the balancer says what it counted itself, if it can.
 """
 
 from __future__ import annotations
@@ -61,6 +63,9 @@ class StrategyRun:
     setup: dict[str, float] = field(default_factory=dict)  # s spent on each setup step
     cpu: dict[str, float] = field(default_factory=dict)  # cores busy while the load ran
     truncated: bool = False
+    # newcomer -> its user requests that paid a first-use cost (SimFleet.user_cold)
+    newcomer_cold: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    balancer: dict[str, Any] = field(default_factory=dict)  # Balancer.report() at the end
 
 
 def make_balancer(strategy: str, *args: Any) -> Balancer:
@@ -152,6 +157,12 @@ async def _run(s: Scenario, strategy: str, workdir: Path, kids: Children,
         progress.detach()
         run.cpu = _cpu_used(cpu0, _cpu())
     run.sim["end"] = await fleet.stats()
+    run.newcomer_cold = await fleet.user_cold(newcomers(s))
+    run.balancer = await bal.report()
+
+
+def newcomers(s: Scenario) -> list[str]:
+    return [r.name for r in s.fleet.replicas if not r.initial]
 
 
 async def _timeline(s: Scenario, bal: Balancer, fleet: SimFleet, clock: Clock,
@@ -170,6 +181,11 @@ async def _timeline(s: Scenario, bal: Balancer, fleet: SimFleet, clock: Clock,
     run.phases["warmup"] = [0.0, p.warmup]
     run.phases["steady"] = [p.warmup, t0]
     run.sim["event"] = await fleet.stats()
+    served = {n: st.get("user_requests", 0) + st.get("warmup_requests", 0)
+              for n, st in run.sim["event"].items() if n in newcomers(s)}
+    if any(served.values()):  # a newcomer must join cold
+        run.note = (run.note + "; " if run.note else "") + "not cold at T0: " + ", ".join(
+            f"{n} had served {k} request(s)" for n, k in served.items() if k)
     progress.phase("event")
     last = t0
     for ev in s.events:

@@ -15,6 +15,7 @@ from typing import Any
 from loadtest.runner import StrategyRun
 from loadtest.spec import Scenario
 from loadtest.summary import CLAIM_RATIO, PHASES, claim, summarise
+from warmgw.sim import SimConfig
 
 NOISY = 0.3  # cores busy outside the benchmark above which the report warns
 
@@ -28,7 +29,7 @@ def run_record(run: StrategyRun) -> dict[str, Any]:
     rec["samples"] = [
         {"t": round(s.t, 6), "lat": _num(s.lat), "ttfb": _num(s.ttfb), "ok": s.ok,
          "replica": s.replica, "stream": s.stream, "words": s.words, "status": s.status,
-         "error": s.error}
+         "error": s.error, **({"mix": s.mix} if s.mix else {})}
         for s in run.samples
     ]
     return rec
@@ -102,8 +103,17 @@ def _workload_line(s: Scenario) -> str:
            else f"open loop, Poisson at {a.rate:g} req/s (max {a.max_inflight} in flight)")
     words = ", ".join(f"{k}" for k, _ in w.prompt_words)
     toks = ", ".join(f"{k}" for k, _ in w.max_tokens)
-    return (f"{arr}; prompts of {words} words; max_tokens {toks}; "
-            f"{w.stream_fraction:.0%} streamed, {w.chat_fraction:.0%} chat; seed {w.seed}")
+    line = (f"{arr}; prompts of {words} words" + (" (mixed text)" if w.text == "mixed" else "")
+            + f"; max_tokens {toks}; {w.stream_fraction:.0%} streamed, "
+            f"{w.chat_fraction:.0%} chat; seed {w.seed}")
+    if w.stream_usage:
+        line += f"; {w.stream_usage:.0%} of streams ask for usage"
+    if w.mixes:
+        total = sum(m.weight for m in w.mixes)
+        line += "; feature mixes: " + ", ".join(
+            f"{m.name} {m.weight / total:.0%}" + (f" ({m.kind})" if m.kind else "")
+            for m in w.mixes)
+    return line
 
 
 def _fleet_line(s: Scenario) -> str:
@@ -115,8 +125,44 @@ def _fleet_line(s: Scenario) -> str:
             f"{c.ttft_per_prompt_token * 1e6:g} us/prompt token, {c.itl * 1000:g} ms/token, "
             f"max_running {c.max_running}, jitter {c.jitter:g}; cold start "
             f"{c.cold_shape_penalty:g} s per new prompt bucket + {c.cold_batch_penalty:g} s "
-            f"per new batch size" + (f"; restart loads for {c.load_time:g} s refusing "
-                                     "connections" if c.refuse_while_loading else ""))
+            f"per new batch size" + _buckets(c) + _features(c)
+            + (f"; restart loads for {c.load_time:g} s refusing connections"
+               if c.refuse_while_loading else ""))
+
+
+def _buckets(c: SimConfig) -> str:
+    if c.prompt_bucket_factor:
+        return (f" (prompt buckets x{c.prompt_bucket_factor:g} from {c.prompt_bucket_min} "
+                f"tokens: {len(c.prompt_grid)} up to {c.max_model_len})")
+    return " (prompt buckets " + ", ".join(str(b) for b in c.prompt_grid) + " tokens)"
+
+
+def _features(c: SimConfig) -> str:
+    costs = [(c.cold_adapter_penalty, "per LoRA adapter loaded"),
+             (c.cold_grammar_penalty, "per new grammar"), (c.cold_tools_penalty,
+                                                           "per new tools list"),
+             (c.cold_logprobs_penalty, "for the first logprobs"),
+             (c.cold_n_penalty, "for the first n > 1")]
+    out = ", ".join(f"{p:g} s {what}" for p, what in costs if p)
+    if c.lora_adapters:
+        out += (", " if out else "") + (f"adapters {', '.join(c.adapters)} "
+                                        f"({c.max_loras} slot(s))")
+    if c.chars_per_token:
+        out += (", " if out else "") + f"tokenizer {c.chars_per_token} characters a token"
+    return "; " + out if out else ""
+
+
+def _g(x: Any) -> str:
+    return "-" if x is None else f"{x:g}"
+
+
+def _paid(sm: Mapping[str, Any]) -> str:
+    """User requests on new replicas that paid a first-use cost, by reason."""
+    nc = sm.get("newcomer_cold")
+    if nc is None:
+        return "-"
+    reasons = ", ".join(f"{k} {v}" for k, v in nc["by_reason"].items())
+    return f"{nc['requests']}" + (f" ({reasons})" if reasons else "")
 
 
 def markdown(data: Mapping[str, Any], s: Scenario) -> str:
@@ -144,7 +190,10 @@ def markdown(data: Mapping[str, Any], s: Scenario) -> str:
         "TTFT: time to the first body byte of streamed requests (the first SSE event). "
         "Latency: whole request, every request. Percentiles in ms, of successful requests "
         "by start time. Cold hits: user requests that paid a cold-start penalty on a "
-        "replica (the simulator's user_cold_hits, summed over replicas). Other load: "
+        "replica (the simulator's user_cold_hits, summed over replicas); on new replicas: "
+        "those of them on the replicas that joined during the run, from those replicas' own "
+        "request logs, with what they were the first to use (a request that paid for two "
+        "first uses counts under both). Other load: "
         "cores that processes outside this benchmark kept busy meanwhile (noise; the "
         "machine has " + str(m["cores"]) + ").",
         "",
@@ -156,12 +205,13 @@ def markdown(data: Mapping[str, Any], s: Scenario) -> str:
         sm = rec["summary"]
         if sm["status"] != "ok":
             note = " ".join(sm.get("note", "").split())
-            rows.append([name, sm["status"], *["-"] * 10, note[:160]])
+            rows.append([name, sm["status"], *["-"] * 12, note[:160]])
             continue
         st, du = sm["phases"].get("steady", {}), sm["phases"].get("during", {})
         ratios = sm.get("ratios", {})
         rows.append([
-            name, str(sm["cold_hits"]),
+            name, str(sm["cold_hits"]), _paid(sm),
+            f'{_ms(st.get("latency", {}).get("p99"))} / {_ms(du.get("latency", {}).get("p99"))}',
             _ms(st.get("latency", {}).get("p999")), _ms(du.get("latency", {}).get("p999")),
             _r(ratios.get("latency_p999")), _ms(du.get("latency", {}).get("max")),
             _ms(st.get("ttft", {}).get("p999")), _ms(du.get("ttft", {}).get("p999")),
@@ -170,7 +220,8 @@ def markdown(data: Mapping[str, Any], s: Scenario) -> str:
             _r(sm.get("cpu", {}).get("others_cores")),
             (sm.get("note") or "") + (" (cut short by the limit)" if sm["truncated"] else ""),
         ])
-    out += _table(["strategy", "cold hits", "steady p99.9", "during p99.9", "during/steady",
+    out += _table(["strategy", "cold hits", "on new replicas (by first use paid)",
+                   "p99 steady / during", "steady p99.9", "during p99.9", "during/steady",
                    "during max", "TTFT steady p99.9", "TTFT during p99.9", "errors",
                    "cold starts paid by warmup", "1st user request on a new replica",
                    "other load (cores)", "note"], rows)
@@ -208,6 +259,19 @@ def markdown(data: Mapping[str, Any], s: Scenario) -> str:
             ])
         out += _table(["phase", "window s", "requests", "errors", "TTFT p50", "p99", "p99.9",
                        "max", "latency p50", "p99", "p99.9", "max", "cold hits"], rows)
+        nc = sm.get("newcomer_cold")
+        if nc is not None:
+            out += ["", f"User requests on new replicas that paid a first-use cost (their "
+                    f"own logs): {_paid(sm)}; by replica: " + (", ".join(
+                        f"{k} {v}" for k, v in nc["by_replica"].items()) or "-")]
+        gw = sm.get("balancer")
+        if gw:
+            hits = ", ".join(f"{k} {v}" for k, v in gw.get("cold_hits", {}).items()) or "none"
+            out += ["", f"The gateway's own count: cold hits {hits}; learned profile "
+                    f"{_g(gw.get('profile_shapes'))} shapes; warmup coverage (share of user "
+                    f"requests whose shape their replica's warmup had sent) "
+                    f"{_g(gw.get('coverage'))}; warmup requests refused "
+                    f"{_g(gw.get('warmup_refused'))}"]
         if sm["cold_hits_by_replica"]:
             out += ["", "Cold hits by replica: " + ", ".join(
                 f"{k} {v}" for k, v in sm["cold_hits_by_replica"].items())]

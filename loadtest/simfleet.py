@@ -7,10 +7,12 @@ request and stays cold. The runner reads the simulator's counters over HTTP
 POST /sim/restart.
 
 `prewarm` warms the initial replicas directly (not through any balancer), so every
-strategy starts from the same warm steady state and only newcomers are cold: bursts of
-max_running concurrent requests over every prompt bucket the workload uses, marked as
-warmup (X-Warmgw-Warmup: 1) so they never count as user requests, repeated until
-/sim/stats shows every needed prompt and batch bucket compiled.
+strategy starts from the same warm steady state and only newcomers are cold: the
+workload's own requests (every prompt size, kind and feature mix it sends, built as it
+builds them, so sized by the simulator's own tokenizer), max_running at a time, marked as
+warmup (X-Warmgw-Warmup: 1) so they never count as user requests, repeated until a whole
+round paid no first-use cost. `user_cold` reads, after the run, which user requests on
+the newcomers paid one, and for what.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ import aiohttp
 
 from loadtest.procs import Children
 from loadtest.spec import Fleet, ReplicaDef, Workload
+from loadtest.workload import every_request, request_for
 from warmgw.sim import WARMUP_HEADER, SimConfig
-from warmgw.sim.model import ColdStartModel, chat_prompt_tokens, completion_prompt_tokens
 
 LINE = re.compile(r"sim replica (\S+) serving model \S+ at (http://\S+)")
 START_TIMEOUT = 20.0
@@ -53,12 +55,14 @@ def sim_argv(config: SimConfig, n: int) -> list[str]:
     default = SimConfig()
     for f in fields(SimConfig):
         value = getattr(config, f.name)
-        if value == getattr(default, f.name) or f.name in ("prompt_buckets", "embedding_dim"):
+        if value == getattr(default, f.name) or f.name == "embedding_dim":
             continue
         opt = "--" + f.name.replace("_", "-")
         if isinstance(value, bool):
             if value:
                 argv.append(opt)
+        elif isinstance(value, tuple):
+            argv += [opt, ",".join(str(v) for v in value)]
         else:
             argv += [opt, str(value)]
     return argv
@@ -144,51 +148,70 @@ class SimFleet:
             if r.status != 200:
                 raise RuntimeError(f"restart of {name}: HTTP {r.status}")
 
+    async def user_cold(self, names: list[str]) -> dict[str, list[dict[str, Any]]]:
+        """Per named replica, its user requests that paid a first-use cost, from its own
+        request log (GET /sim/requests): start, path, model, prompt_tokens, features, cold
+        (the reasons). A replica that does not answer: []."""
+
+        async def one(name: str) -> list[dict[str, Any]]:
+            try:
+                status, data = await self._get(self.replicas[name].url + "/sim/requests")
+            except (aiohttp.ClientError, TimeoutError, ValueError):
+                return []
+            recs = data.get("requests", []) if status == 200 and isinstance(data, dict) else []
+            keep = ("start", "path", "model", "prompt_tokens", "features", "cold")
+            return [{k: r.get(k) for k in keep} for r in recs
+                    if not r.get("warmup") and r.get("cold")]
+
+        got = await asyncio.gather(*(one(n) for n in names))
+        return dict(zip(names, got, strict=True))
+
     # -- prewarm ------------------------------------------------------------------------
 
-    def needed(self, workload: Workload) -> tuple[set[int], set[int]]:
-        """The prompt and batch buckets the workload can reach."""
-        cold = ColdStartModel(self.fleet.sim)
-        prompts = set()
-        for words, _ in workload.prompt_words:
-            text = " ".join(["word"] * words)  # as loadtest.workload sends it
-            prompts.add(cold.prompt_bucket(completion_prompt_tokens(text)))
-            chat = [{"role": "user", "content": text}]
-            prompts.add(cold.prompt_bucket(chat_prompt_tokens(chat)))
-        return prompts, set(self.fleet.sim.batch_buckets)
-
     async def prewarm(self, names: list[str], workload: Workload) -> int:
-        """Warm these replicas directly; returns the warmup requests sent."""
-        prompts, batches = self.needed(workload)
-        longest = self.fleet.sim.max_model_len - 2  # room for the one generated token
-        sizes = sorted({min(b, longest) for b in prompts})
-        n = self.fleet.sim.max_running
-        sent = 0
+        """Warm these replicas directly with the workload's own requests (one of each
+        prompt size, kind and feature mix, max_running at a time, so every batch size is
+        reached), until a whole round paid no first-use cost on any of them and every
+        batch bucket is warm, by the simulator's own accounting (/sim/stats). Returns the
+        warmup requests sent. (The simulator's first-use costs do not depend on
+        streaming, so the requests are not streamed.)"""
+        bodies = [request_for(s, self.fleet.sim.model, workload.text)
+                  for s in every_request(workload)]
+        batches = set(self.fleet.sim.batch_buckets)
+        todo, sent = list(names), 0
+        before = await self.stats()
         for _ in range(PREWARM_ROUNDS):
-            stats = await self.stats()
+            bursts = [self._burst(self.replicas[name].url, bodies) for name in todo]
+            sent += sum(await asyncio.gather(*bursts))
+            after = await self.stats()
             todo = [
-                name for name in names
-                if not prompts <= set(stats[name].get("warm_prompt_buckets", ()))
-                or not batches <= set(stats[name].get("warm_batch_buckets", ()))
+                name for name in todo
+                if after[name].get("warmup_cold_hits") != before[name].get("warmup_cold_hits")
+                or not batches <= set(after[name].get("warm_batch_buckets", ()))
             ]
             if not todo:
                 return sent
-            bursts = [self._burst(self.replicas[name].url, sizes, n) for name in todo]
-            sent += sum(await asyncio.gather(*bursts))
-        raise RuntimeError(f"prewarm: {todo} still cold after {PREWARM_ROUNDS} bursts")
+            before = after
+        raise RuntimeError(f"prewarm: {todo} still paid first-use costs after "
+                           f"{PREWARM_ROUNDS} rounds of the workload's requests")
 
-    async def _burst(self, url: str, sizes: list[int], n: int) -> int:
-        """n concurrent requests (so the batch reaches n), prompts cycling over sizes."""
+    async def _burst(self, url: str, bodies: list[tuple[str, bytes]]) -> int:
+        """Every body once, max_running at a time (so the batch reaches max_running)."""
+        n = self.fleet.sim.max_running
 
-        async def one(tokens: int) -> None:
-            body = {"model": self.fleet.sim.model, "prompt": " ".join(["hello"] * tokens),
-                    "max_tokens": 1, "stream": False}
+        async def one(path: str, body: bytes) -> None:
             async with self.session.post(
-                url + "/v1/completions", data=json.dumps(body),
+                url + path, data=body,
                 headers={WARMUP_HEADER: "1", "Content-Type": "application/json"},
                 timeout=aiohttp.ClientTimeout(total=60.0),
             ) as r:
                 await r.read()
+                if r.status != 200:
+                    raise RuntimeError(f"prewarm: {path} answered {r.status}: "
+                                       f"{(await r.text())[:200]}")
 
-        await asyncio.gather(*(one(sizes[i % len(sizes)]) for i in range(max(n, len(sizes)))))
-        return max(n, len(sizes))
+        for i in range(0, len(bodies), n):
+            chunk = bodies[i:i + n]
+            chunk += bodies[:n - len(chunk)] if len(bodies) >= n else []
+            await asyncio.gather(*(one(p, b) for p, b in chunk))
+        return len(bodies)

@@ -6,6 +6,8 @@ A scenario names a simulated fleet, a workload, phase lengths and the events of 
     limit: 90                  # s: hard bound on one strategy's load, events included
     fleet:
       sim: {ttft_base: 0.03, cold_shape_penalty: 1.5, cold_batch_penalty: 0.8, ...}
+                               # or cold_rules: features (warmgw.sim.cold), cold_scale: 0.5,
+                               # explicit penalties overriding the preset's
       replicas:                # all started at the outset; initial ones are in the balancer
         - {name: r0}           #   pool defaults to blue, initial to true
         - {name: r2, initial: false}
@@ -16,6 +18,9 @@ A scenario names a simulated fleet, a workload, phase lengths and the events of 
       stream_fraction: 0.5
       chat_fraction: 0.5
       arrivals: {kind: closed, concurrency: 8}  # or {kind: poisson, rate: 80, max_inflight: 64}
+      text: repeat             # or mixed; see loadtest.mixes, also for:
+      mixes: {plain: {weight: 9}, tools: {weight: 1, kind: chat, body: {tools: [...]}}}
+      stream_usage: 0.5        # share of streams asking for stream_options.include_usage
     phases: {warmup: 3, steady: 10, during: 20, after: 6, settle: 2}
     events:                    # `at`: seconds after the event time (the end of steady)
       - {at: 0, action: add, replicas: [r2]}
@@ -38,7 +43,9 @@ from typing import Any
 
 import yaml
 
+from loadtest.mixes import TEXTS, Mix, parse_mixes
 from warmgw.sim import SimConfig
+from warmgw.sim.cold import COLD_RULES, cold_rules
 
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 ACTIONS = ("add", "remove", "restart", "cutover", "rolling")
@@ -46,8 +53,12 @@ ACTIONS = ("add", "remove", "restart", "cutover", "rolling")
 SIM_KEYS = {
     "model", "max_model_len", "load_time", "refuse_while_loading", "cold_shape_penalty",
     "cold_batch_penalty", "ttft_base", "ttft_per_prompt_token", "itl", "max_running",
-    "default_max_tokens", "jitter", "seed",
+    "default_max_tokens", "jitter", "seed", "chars_per_token", "prompt_buckets",
+    "prompt_bucket_factor", "prompt_bucket_min", "batch_sizes", "lora_adapters", "max_loras",
+    "cold_adapter_penalty", "cold_grammar_penalty", "cold_tools_penalty",
+    "cold_logprobs_penalty", "cold_n_penalty",
 }
+SIM_TUPLES = {"prompt_buckets", "batch_sizes", "lora_adapters"}
 
 
 class SpecError(ValueError):
@@ -71,6 +82,9 @@ class Workload:
     chat_fraction: float = 0.5
     arrivals: Arrivals = field(default_factory=Arrivals)
     request_timeout: float = 60.0
+    mixes: tuple[Mix, ...] = ()  # feature mixes (loadtest.mixes); (): every request plain
+    text: str = "repeat"  # prompt text: repeat | mixed
+    stream_usage: float = 0.0  # share of streams that ask for usage in the last event
 
 
 @dataclass(frozen=True)
@@ -248,7 +262,7 @@ def _fraction(data: Mapping[str, Any], key: str, default: float, where: str) -> 
 def _workload(raw: Any) -> Workload:
     w = _map(raw, "workload")
     _only(w, {"seed", "prompt_words", "max_tokens", "stream_fraction", "chat_fraction",
-              "arrivals", "request_timeout"}, "workload")
+              "arrivals", "request_timeout", "mixes", "text", "stream_usage"}, "workload")
     a = _map(w.get("arrivals"), "workload.arrivals")
     _only(a, {"kind", "concurrency", "rate", "max_inflight"}, "workload.arrivals")
     kind = a.get("kind", "closed")
@@ -264,6 +278,13 @@ def _workload(raw: Any) -> Workload:
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise SpecError(f"workload.seed: expected a whole number, got {seed!r}")
     d = Workload()
+    text = w.get("text", d.text)
+    if text not in TEXTS:
+        raise SpecError(f"workload.text: expected {' or '.join(TEXTS)}, got {text!r}")
+    try:
+        mixes = parse_mixes(w.get("mixes"), _weights)
+    except ValueError as e:
+        raise SpecError(str(e)) from None
     return Workload(
         seed=seed,
         prompt_words=_weights(w.get("prompt_words", dict(d.prompt_words)),
@@ -273,6 +294,8 @@ def _workload(raw: Any) -> Workload:
         chat_fraction=_fraction(w, "chat_fraction", d.chat_fraction, "workload"),
         arrivals=arrivals,
         request_timeout=_num(w, "request_timeout", d.request_timeout, "workload", True),
+        mixes=mixes, text=text,
+        stream_usage=_fraction(w, "stream_usage", d.stream_usage, "workload"),
     )
 
 
@@ -280,9 +303,20 @@ def _fleet(raw: Any) -> Fleet:
     f = _map(raw, "fleet")
     _only(f, {"sim", "replicas"}, "fleet")
     sim = dict(_map(f.get("sim"), "fleet.sim"))
-    _only(sim, SIM_KEYS, "fleet.sim")
+    _only(sim, SIM_KEYS | {"cold_rules", "cold_scale"}, "fleet.sim")
+    preset, scale = sim.pop("cold_rules", None), sim.pop("cold_scale", None)
+    if scale is not None and preset is None:
+        raise SpecError("fleet.sim.cold_scale: scales the penalties of cold_rules, which "
+                        "is not set")
     try:
-        config = SimConfig(**sim)
+        rules = cold_rules(preset, 1.0 if scale is None else scale) if preset else {}
+    except (TypeError, ValueError) as e:
+        raise SpecError(f"fleet.sim.cold_rules: {e} (known: {', '.join(COLD_RULES)})") from None
+    for k in SIM_TUPLES & set(sim):
+        if isinstance(sim[k], list):
+            sim[k] = tuple(sim[k])
+    try:
+        config = SimConfig(**(rules | sim))
     except (TypeError, ValueError) as e:
         raise SpecError(f"fleet.sim: {e}") from None
     reps = f.get("replicas")

@@ -110,6 +110,10 @@ def summarise(run: Mapping[str, Any], newcomers: Sequence[str] = ()) -> dict[str
     if "during" in run["phases"] and newcomers:
         out["first_user_request"] = first_requests(samples, newcomers,
                                                    run["phases"]["during"][0])
+    if "newcomer_cold" in run:
+        out["newcomer_cold"] = newcomer_cold(run["newcomer_cold"], newcomers)
+    if run.get("balancer"):
+        out["balancer"] = dict(run["balancer"])
     steady, during = phases.get("steady"), phases.get("during")
     if steady and during:
         out["ratios"] = {
@@ -117,6 +121,17 @@ def summarise(run: Mapping[str, Any], newcomers: Sequence[str] = ()) -> dict[str
             for what in ("latency", "ttft") for q in ("p99", "p999", "max")
         }
     return out
+
+
+def newcomer_cold(records: Mapping[str, Sequence[Mapping[str, Any]]],
+                  newcomers: Sequence[str]) -> dict[str, Any]:
+    """The newcomers' user requests that paid a first-use cost (from their own logs): how
+    many, and how many paid for each kind of first use (prompt_bucket, batch_bucket,
+    adapter, grammar, tools, logprobs, n); a request that paid for two counts under both."""
+    recs = [r for name in newcomers for r in records.get(name, ())]
+    reasons = Counter(str(c).split(":")[0] for r in recs for c in r.get("cold") or ())
+    return {"requests": len(recs), "by_reason": dict(reasons.most_common()),
+            "by_replica": {n: len(records.get(n, ())) for n in newcomers}}
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:

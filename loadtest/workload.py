@@ -2,8 +2,9 @@
 
 Every request is one `Sample`: when it started (seconds since the load started), its
 whole-request latency, the time to its first body byte (for a stream: the first SSE event,
-i.e. the time to first token), whether it succeeded, and which replica answered (from a
-response header the balancer sets). Only loopback URLs are accepted.
+i.e. the time to first token), whether it succeeded, which replica answered (from a
+response header the balancer sets) and its feature mix (loadtest.mixes). Only loopback URLs
+are accepted.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from itertools import accumulate
 import aiohttp
 
 from loadtest.loadgen import loopback
+from loadtest.mixes import Mix, prompt_text
 from loadtest.spec import Workload
 
 Who = Callable[[Mapping[str, str]], str]
@@ -39,6 +41,7 @@ class Sample:
     words: int
     status: int = 0
     error: str = ""
+    mix: str = ""  # the feature mix's name ("": none configured)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +50,8 @@ class Shape:
     max_tokens: int
     stream: bool
     chat: bool
+    mix: Mix | None = None
+    usage: bool = False  # a stream that asks for usage (stream_options.include_usage)
 
 
 class Picker:
@@ -59,26 +64,57 @@ class Picker:
         self._wcum = list(accumulate(v for _, v in w.prompt_words))
         self._tokens = [k for k, _ in w.max_tokens]
         self._tcum = list(accumulate(v for _, v in w.max_tokens))
+        self._mixes = list(w.mixes)
+        self._mcum = list(accumulate(m.weight for m in w.mixes))
+        self._mix_words = {m.name: ([k for k, _ in m.prompt_words],
+                                    list(accumulate(v for _, v in m.prompt_words)))
+                           for m in w.mixes if m.prompt_words}
 
     def _choose(self, keys: list[int], cum: list[float]) -> int:
         x = self.rng.random() * cum[-1]
         return keys[min(bisect.bisect_right(cum, x), len(keys) - 1)]
 
     def next(self) -> Shape:
-        return Shape(
-            words=self._choose(self._words, self._wcum),
-            max_tokens=self._choose(self._tokens, self._tcum),
-            stream=self.rng.random() < self.w.stream_fraction,
-            chat=self.rng.random() < self.w.chat_fraction,
-        )
+        # the draws of a workload without mixes or stream_usage are those of before them
+        words = self._choose(self._words, self._wcum)
+        max_tokens = self._choose(self._tokens, self._tcum)
+        stream = self.rng.random() < self.w.stream_fraction
+        chat = self.rng.random() < self.w.chat_fraction
+        mix = None
+        if self._mixes:
+            x = self.rng.random() * self._mcum[-1]
+            mix = self._mixes[min(bisect.bisect_right(self._mcum, x), len(self._mixes) - 1)]
+            if mix.name in self._mix_words:
+                words = self._choose(*self._mix_words[mix.name])
+            if mix.kind:
+                chat = mix.kind == "chat"
+        usage = stream and self.w.stream_usage > 0 and self.rng.random() < self.w.stream_usage
+        return Shape(words, max_tokens, stream, chat, mix, usage)
 
 
+def every_request(w: Workload) -> list[Shape]:
+    """One request, not streamed, of each prompt size, kind and mix the workload sends."""
+    max_tokens = min(k for k, _ in w.max_tokens)
+    kinds = [c for c, share in ((True, w.chat_fraction), (False, 1 - w.chat_fraction))
+             if share > 0]
+    out = []
+    for mix in w.mixes or (None,):
+        sizes = mix.prompt_words if mix is not None and mix.prompt_words else w.prompt_words
+        chats = [mix.kind == "chat"] if mix is not None and mix.kind else kinds
+        out += [Shape(words, max_tokens, False, chat, mix) for words, _ in sizes
+                for chat in chats]
+    return out
 
 
-def request_for(shape: Shape, model: str) -> tuple[str, bytes]:
-    text = " ".join(["word"] * shape.words)
-    body: dict[str, object] = {"model": model, "max_tokens": shape.max_tokens,
-                               "stream": shape.stream}
+def request_for(shape: Shape, model: str, text_kind: str = "repeat") -> tuple[str, bytes]:
+    text = prompt_text(shape.words, text_kind)
+    mix = shape.mix
+    body: dict[str, object] = {"model": mix.model if mix and mix.model else model,
+                               "max_tokens": shape.max_tokens, "stream": shape.stream}
+    if shape.usage:
+        body["stream_options"] = {"include_usage": True}
+    if mix is not None:
+        body.update(mix.body())
     if shape.chat:
         body["messages"] = [{"role": "user", "content": text}]
         return "/v1/chat/completions", json.dumps(body).encode()
@@ -173,7 +209,7 @@ class Load:
             shape = picker.next()
             if self.inflight >= a.max_inflight:
                 self.samples.append(Sample(t, 0.0, math.nan, False, "", shape.stream,
-                                           shape.words, 0, SHED))
+                                           shape.words, 0, SHED, _mix(shape)))
                 continue
             task = asyncio.create_task(self._one(shape))
             self._spawned.add(task)
@@ -181,7 +217,7 @@ class Load:
 
     async def _one(self, shape: Shape) -> bool:
         assert self._session is not None
-        path, body = request_for(shape, self.model)
+        path, body = request_for(shape, self.model, self.workload.text)
         t0 = time.monotonic()
         start = t0 - self.t0
         first = math.nan
@@ -214,5 +250,9 @@ class Load:
         finally:
             self.inflight -= 1
         self.samples.append(Sample(start, end, first, not err, who, shape.stream, shape.words,
-                                   status, err))
+                                   status, err, _mix(shape)))
         return not err
+
+
+def _mix(shape: Shape) -> str:
+    return shape.mix.name if shape.mix is not None else ""
