@@ -79,3 +79,26 @@ async def test_prefix_affinity_beats_round_robin_on_hit_rate_within_the_load_bou
           f"max/mean: {rr_balance:.2f} vs {balance:.2f}")
     assert hits > rr_hits + 0.2
     assert balance <= 1.25
+
+
+@pytest.mark.timeout(60)
+async def test_session_header_keeps_a_conversation_on_one_replica() -> None:
+    async with SimFleet(SimConfig(ttft_base=0.001, itl=0.001), replicas=3) as fleet:
+        cfg = gateway_config(fleet.urls, routing={"session": {"header": "X-Session-Id"}})
+        async with Gateway(cfg) as gw, aiohttp.ClientSession() as s:
+            await wait_all_ready(gw)
+            for i in range(30):  # one at a time: the load never outweighs the session
+                sess = i % 3  # its prompt's length tells the session in the replicas' logs
+                body = {"model": "tiny", "max_tokens": 1, "messages": [
+                    {"role": "user", "content": " ".join(["w"] * (sess + 1)) + f" {i}"}]}
+                hdr = {"X-Session-Id": f"conv-{sess}"}
+                async with s.post(gw.url + "/v1/chat/completions", json=body,
+                                  headers=hdr) as r:
+                    assert r.status == 200
+            where: dict[int, set[str]] = {}
+            for rep in fleet.replicas:
+                for rec in rep.log:
+                    if not rec.warmup:
+                        where.setdefault(rec.prompt_tokens, set()).add(rep.name)
+    assert sorted(where) == [10, 11, 12]  # 8 template tokens + (session + 1) + 1
+    assert all(len(names) == 1 for names in where.values()), where
