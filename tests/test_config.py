@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from warmgw.config import ClientLimits, ConfigError, parse
+from warmgw.core.prefix import PrefixParams, RoutingParams, SessionParams
 
 REPLICAS = [{"name": "r0", "url": "http://127.0.0.1:9001"}]
 
@@ -31,6 +32,10 @@ REPLICAS = [{"name": "r0", "url": "http://127.0.0.1:9001"}]
         ({"epp": {"listen": {"port": 70000}}}, "epp.listen.port: expected 0-65535"),
         ({"epp": {"fallbacks": -1}}, "epp.fallbacks: expected a whole number"),
         ({"epp": {"grpc": True}}, "epp.grpc: unknown key"),
+        ({"routing": {"prefixes": {}}}, "routing.prefixes: unknown key"),
+        ({"routing": {"prefix": {"chunk_bytes": 8}}}, "routing.prefix: expected chunk_bytes"),
+        ({"routing": {"prefix": {"epsilon": 0}}}, "epsilon > 0"),
+        ({"routing": {"session": {"header": 3}}}, "routing.session.header"),
     ],
 )
 def test_bad_config_names_the_key(data: dict[str, Any], names: str) -> None:
@@ -55,3 +60,13 @@ def test_the_epp_section_turns_the_endpoint_picker_on() -> None:
     p = parse({"replicas": REPLICAS, "epp": {"listen": {"host": "0.0.0.0", "port": 9100},
                                              "fallbacks": 2}}).epp
     assert p is not None and (p.host, p.port, p.fallbacks) == ("0.0.0.0", 9100, 2)
+
+
+def test_the_routing_section_turns_affinity_on() -> None:
+    off = parse({"replicas": REPLICAS}).routing
+    assert off == RoutingParams() and not off.active
+    on = parse({"replicas": REPLICAS, "routing": {
+        "prefix": {"enabled": True, "chunk_bytes": 512, "epsilon": 0.5},
+        "session": {"header": "X-Session-Id"}}}).routing
+    assert on.prefix == PrefixParams(enabled=True, chunk_bytes=512, epsilon=0.5)
+    assert on.session == SessionParams(header="X-Session-Id") and on.active

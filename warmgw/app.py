@@ -98,7 +98,7 @@ class Gateway:
         self.bluegreen = BlueGreen(self.registry, cfg.cutover, clock, pool)
         self.router = Router(self.registry, clock, rng,
                              naive=cfg.lifecycle.strategy is Strategy.ROUND_ROBIN,
-                             profile=cfg.profile)
+                             profile=cfg.profile, routing=cfg.routing)
         # Probes and health checks (about one request at a time per replica) apart from
         # warmup (bursts of up to the largest concurrency step): sharing one pool, the
         # checks would keep a whole burst's connections alive forever by taking them in turn.

@@ -112,8 +112,15 @@ class Proxy:
                 return self._error(req, 400, f"request body is not valid JSON: {e}",
                                    "invalid_request_error", "invalid_json")
             router = self.router
-            facts = from_json(req.path, obj, len(body), _sole_model(snap), router.ratios,
-                              router.profile.keep_spec)
+            routing = router.routing
+            if routing is None:
+                facts = from_json(req.path, obj, len(body), _sole_model(snap), router.ratios,
+                                  router.profile.keep_spec)
+            else:
+                header = routing.session.header
+                facts = from_json(req.path, obj, len(body), _sole_model(snap), router.ratios,
+                                  router.profile.keep_spec, routing,
+                                  req.get(header.lower().encode()) if header else None)
             if isinstance(facts, Refusal):
                 return self._refuse(req, facts)
         elif req.path == "/v1/models" and method in ("GET", "HEAD"):

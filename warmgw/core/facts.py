@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from warmgw.core.prefix import RoutingParams, chunks_of
 from warmgw.core.shapes import (
     PLAIN,
     Features,
@@ -34,11 +35,12 @@ _new_key = tuple.__new__  # a ShapeKey without NamedTuple's Python-level __new__
 class RequestFacts:
     """What a front-end extracts from a request once, cheaply (no tokenizer)."""
 
-    __slots__ = ("features", "key", "max_tokens", "model", "prompt_bytes", "route", "stream",
-                 "tokens")
+    __slots__ = ("chunks", "features", "key", "max_tokens", "model", "prompt_bytes", "route",
+                 "session", "stream", "tokens")
 
     def __init__(self, route: str, model: str | None, stream: bool, prompt_bytes: int,
-                 max_tokens: int, tokens: int = 0, features: Features = PLAIN) -> None:
+                 max_tokens: int, tokens: int = 0, features: Features = PLAIN,
+                 chunks: tuple[int, ...] = (), session: str | None = None) -> None:
         self.route = route  # "chat", "completions", "embeddings", "models", "other"
         self.model = model
         self.stream = stream
@@ -47,6 +49,8 @@ class RequestFacts:
         self.tokens = tokens  # prompt tokens, estimated from the bytes (0: not a prompt)
         self.features = features
         self.key = latency_key(route, stream, tokens, max_tokens)
+        self.chunks = chunks  # chained hashes of the prompt's chunks (core.prefix), if on
+        self.session = session  # the session affinity key, if on
 
     def shape(self, prompt_tokens: int) -> ShapeKey | None:
         """The feature-shape, with the exact prompt size when the replica told it."""
@@ -74,10 +78,13 @@ class Refusal:
 
 def from_json(path: str, obj: Any, body_bytes: int, sole_model: str | None,
               ratios: TokenRatios, keep: Callable[[str, str], None] | None = None,
+              routing: RoutingParams | None = None, session: str | None = None,
               ) -> RequestFacts | Refusal:
     """The facts of a JSON request body (already parsed), or why it is refused (400).
     sole_model: the one model the fleet serves, taken when the request names none; keep:
-    given each structured-output spec and tool list (core.shapes.features_of)."""
+    given each structured-output spec and tool list (core.shapes.features_of); routing
+    (None: no affinity): prefix chunks and the session key (`session`: the header's value,
+    when the front-end found one)."""
     if not isinstance(obj, dict):
         return Refusal(400, "request body must be a JSON object", "invalid_request_error",
                        "invalid_json")
@@ -96,8 +103,16 @@ def from_json(path: str, obj: Any, body_bytes: int, sole_model: str | None,
     route = route_of(path)
     if route != "chat" and route != "completions":
         return RequestFacts(route, model, stream, body_bytes, max_tokens)
+    if routing is None:
+        return RequestFacts(route, model, stream, body_bytes, max_tokens,
+                            ratios.estimate(model, body_bytes), features_of(obj, keep))
+    chunks = chunks_of(route, obj, model, routing.prefix) if routing.prefix.enabled else ()
+    if session is None and routing.session.use_user_field:
+        user = obj.get("user")
+        session = user if isinstance(user, str) and user else None
     return RequestFacts(route, model, stream, body_bytes, max_tokens,
-                        ratios.estimate(model, body_bytes), features_of(obj, keep))
+                        ratios.estimate(model, body_bytes), features_of(obj, keep), chunks,
+                        session)
 
 
 PROMPT_TOKENS = b'"prompt_tokens":'

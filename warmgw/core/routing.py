@@ -30,14 +30,16 @@ from enum import Enum
 from itertools import count
 from typing import NamedTuple
 
+from warmgw.core.affinity import Affinity
 from warmgw.core.clock import Clock
 from warmgw.core.events import Feed
 from warmgw.core.facts import Refusal, RequestFacts
 from warmgw.core.model import Endpoint, Route, Snapshot
 from warmgw.core.picker import pick
+from warmgw.core.prefix import RoutingParams
 from warmgw.core.profile import Coverage, ProfileParams, TrafficProfile
 from warmgw.core.registry import Registry
-from warmgw.core.shapes import ShapeKey, TokenRatios
+from warmgw.core.shapes import DEFAULT_BYTES_PER_TOKEN, ShapeKey, TokenRatios
 from warmgw.core.telemetry import RequestStats
 
 
@@ -140,12 +142,17 @@ class ColdHit(NamedTuple):
 
 class Router:
     def __init__(self, registry: Registry, clock: Clock, rng: random.Random,
-                 naive: bool = False, profile: ProfileParams | None = None) -> None:
+                 naive: bool = False, profile: ProfileParams | None = None,
+                 routing: RoutingParams | None = None) -> None:
         self.registry = registry
         self.clock = clock
         self.rng = rng
         self.stats = RequestStats()
         self._cursor = count() if naive else None  # round-robin baseline
+        # prefix / session affinity (core.affinity); None: off (never with round robin)
+        on = routing is not None and routing.active and not naive
+        self.routing = routing if on else None  # front-ends pass it to facts.from_json
+        self.affinity = Affinity(routing) if on and routing is not None else None
         p = self.profile_params = profile or ProfileParams()
         self.ratios = TokenRatios()  # bytes per token per model, from /tokenize
         self.profile = TrafficProfile(p)
@@ -188,9 +195,18 @@ class Router:
              cancel: Callable[[], object] | None = None) -> Ticket | None:
         """An endpoint for one attempt (none of `tried`), its in-flight count taken."""
         now = self.clock.now()
-        ep = pick(route, self.rng, now, tried, self._cursor)
-        if ep is None:
-            return None
+        aff = self.affinity
+        if aff is not None and (facts.chunks or facts.session is not None):
+            ep = pick(route, self.rng, now, tried) if tried else aff.pick(
+                route, facts, self.rng, now)
+            if ep is None:
+                return None
+            bpt = self.ratios.ratios.get(facts.model or "", DEFAULT_BYTES_PER_TOKEN)
+            aff.record(ep, facts, aff.capacity(bpt), now)
+        else:
+            ep = pick(route, self.rng, now, tried, self._cursor)
+            if ep is None:
+                return None
         ep.inflight += 1
         ep.requests += 1
         ticket = Ticket(self, ep, facts, now, cancel)

@@ -172,7 +172,10 @@ class Exchange:
         router = self.router
         known = router.registry.snapshot.known_models
         sole = next(iter(known)) if len(known) == 1 else None
-        return from_json(path, obj, len(body), sole, router.ratios, router.profile.keep_spec)
+        routing = router.routing
+        header = routing.session.header if routing is not None else ""
+        return from_json(path, obj, len(body), sole, router.ratios, router.profile.keep_spec,
+                         routing, (h.get(header.lower()) or None) if header else None)
 
     def _refuse(self, r: Refusal) -> list[Reply]:
         return self._local(r.status, r.message, r.type, r.code, r.param, r.retry)

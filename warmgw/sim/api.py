@@ -16,6 +16,7 @@ from warmgw.sim.tokens import (
     chat_prompt_tokens,
     chat_token_ids,
     completion_prompt_tokens,
+    completion_token_ids,
     text_token_ids,
 )
 
@@ -67,6 +68,8 @@ class GenRequest:
     include_usage: bool
     n_inputs: int = 1  # embeddings: number of input items
     features: Features = NO_FEATURES
+    token_ids: tuple[int, ...] = ()  # the prompt's, when the prefix cache is on
+    cached_tokens: int = -1  # the prompt's tokens found in the prefix cache; -1: cache off
 
 
 def load_body(raw: bytes) -> dict[str, Any]:
@@ -119,6 +122,12 @@ def parse_request(kind: Kind, raw: bytes, config: SimConfig) -> GenRequest:
     stream = _lax_bool(body.get("stream"), "stream")
     options = body.get("stream_options") or {}
     include_usage = isinstance(options, Mapping) and options.get("include_usage") is True
+    ids: list[int] = []
+    if config.prefix_cache_blocks:
+        if kind is Kind.CHAT:
+            ids = chat_token_ids(body.get("messages"), cpt)
+        else:
+            ids = completion_token_ids(body.get("prompt"), cpt)
     return GenRequest(
         kind=kind,
         model=model,
@@ -127,6 +136,7 @@ def parse_request(kind: Kind, raw: bytes, config: SimConfig) -> GenRequest:
         stream=stream,
         include_usage=include_usage,
         features=features,
+        token_ids=tuple(ids),
     )
 
 

@@ -15,12 +15,18 @@ from warmgw.sim.api import GenRequest, Kind
 from warmgw.sim.tokens import generated_token
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = -1
+          ) -> dict[str, Any]:
+    """vLLM's usage; with the prefix cache on (cached_tokens >= 0) also
+    prompt_tokens_details.cached_tokens (vLLM's --enable-prompt-tokens-details)."""
+    out: dict[str, Any] = {
         "prompt_tokens": prompt_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
         "completion_tokens": completion_tokens,
     }
+    if cached_tokens >= 0:
+        out["prompt_tokens_details"] = {"cached_tokens": cached_tokens}
+    return out
 
 
 def choice_salt(prompt_tokens: int, index: int) -> int:
@@ -149,10 +155,11 @@ def token_chunk(
 
 
 def usage_chunk(
-    rid: str, kind: Kind, created: int, model: str, prompt_tokens: int, completion_tokens: int
+    rid: str, kind: Kind, created: int, model: str, prompt_tokens: int, completion_tokens: int,
+    cached_tokens: int = -1,
 ) -> dict[str, Any]:
     env = _envelope(rid, kind, created, model, True)
-    return env | {"choices": [], "usage": usage(prompt_tokens, completion_tokens)}
+    return env | {"choices": [], "usage": usage(prompt_tokens, completion_tokens, cached_tokens)}
 
 
 def full_response(rid: str, created: int, req: GenRequest) -> dict[str, Any]:
@@ -173,7 +180,7 @@ def full_response(rid: str, created: int, req: GenRequest) -> dict[str, Any]:
         choices.append(choice)
     return _envelope(rid, req.kind, created, req.model, False) | {
         "choices": choices,
-        "usage": usage(req.prompt_tokens, n_tokens * req.features.n),
+        "usage": usage(req.prompt_tokens, n_tokens * req.features.n, req.cached_tokens),
     }
 
 

@@ -126,6 +126,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--cold-tools-penalty", type=float, help="each distinct tools list (with tool_choice)")
     add("--cold-logprobs-penalty", type=float, help="first request asking for logprobs")
     add("--cold-n-penalty", type=float, help="first request asking for n > 1")
+    add("--prefix-block-tokens", type=int,
+        help=f"prefix cache block size in tokens (default {d.prefix_block_tokens})")
+    add("--prefix-cache-blocks", type=int,
+        help="prefix cache capacity in blocks, least recently used evicted (default 0: off)")
 
 
 def _csv(values: tuple[int, ...]) -> str:

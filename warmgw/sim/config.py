@@ -73,6 +73,11 @@ class SimConfig:
     cold_tools_penalty: float = 0.0
     cold_logprobs_penalty: float = 0.0
     cold_n_penalty: float = 0.0
+    # Automatic prefix caching (warmgw.sim.prefix): blocks of prefix_block_tokens tokens,
+    # prefix_cache_blocks of them per process (0: off). The uncached part of a prompt
+    # alone costs ttft_per_prompt_token.
+    prefix_block_tokens: int = 16
+    prefix_cache_blocks: int = 0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -96,6 +101,7 @@ class SimConfig:
             "embedding_dim",
             "prompt_bucket_min",
             "max_loras",
+            "prefix_block_tokens",
         ):
             if getattr(self, name) < 1:
                 _bad(name, getattr(self, name), "must be >= 1")
@@ -104,6 +110,8 @@ class SimConfig:
                 _bad(name, getattr(self, name), "must be >= 0")
         if not 0 <= self.jitter < 1:
             _bad("jitter", self.jitter, "must be in [0, 1)")
+        if self.prefix_cache_blocks < 0:
+            _bad("prefix_cache_blocks", self.prefix_cache_blocks, "must be >= 0")
         if self.chars_per_token < 0:
             _bad("chars_per_token", self.chars_per_token, "must be >= 0")
         factor = self.prompt_bucket_factor

@@ -16,6 +16,7 @@ from typing import Any
 
 from warmgw.sim.metrics import SimMetrics
 from warmgw.sim.model import ColdStartModel, LatencyModel, Scheduler, SimConfig
+from warmgw.sim.prefix import PrefixCache
 
 
 @dataclass
@@ -74,6 +75,7 @@ class SimProcess:
         self.scheduler = Scheduler(config.max_running)
         self.cold = ColdStartModel(config)
         self.latency = LatencyModel(config, self.cold, rng)
+        self.prefix = PrefixCache(config.prefix_block_tokens, config.prefix_cache_blocks)
         self._ids = itertools.count()
         self._waiters: dict[int, asyncio.Future[int]] = {}
         self._kv_tokens: dict[int, int] = {}

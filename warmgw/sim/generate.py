@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any, NoReturn, Protocol
 
 from aiohttp import web
@@ -100,8 +101,14 @@ class Generation:
         slot, running = await self.process.admit(kv_tokens, req.features.adapter)
         metrics = self.process.metrics
         try:
+            cached = 0
+            if self.ctx.config.prefix_cache_blocks:
+                cached = self.process.prefix.serve(req.token_ids)
+                metrics.prefix_queries.inc(req.prompt_tokens)
+                metrics.prefix_hits.inc(cached)
+                req = dataclasses.replace(req, cached_tokens=cached)
             timing = self.process.latency.plan(
-                req.prompt_tokens, req.max_tokens, running, req.features
+                req.prompt_tokens, req.max_tokens, running, req.features, cached
             )
             self._count_cold(timing)
             await asyncio.sleep(timing.ttft)
@@ -176,7 +183,8 @@ class Generation:
                 self.generated += 1
         if req.include_usage:
             usage = bodies.usage_chunk(
-                rid, req.kind, created, req.model, req.prompt_tokens, n * choices
+                rid, req.kind, created, req.model, req.prompt_tokens, n * choices,
+                req.cached_tokens,
             )
             await send(usage)
         await send(api.SSE_DONE)

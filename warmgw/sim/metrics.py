@@ -54,6 +54,17 @@ class SimMetrics:
         self.generation_tokens = Counter(
             "vllm:generation_tokens", "Number of generation tokens processed.", labels, registry=r
         ).labels(*values)
+        # In tokens, as vLLM: queries = prompt tokens scheduled, hits = those cached.
+        self.prefix_queries = Counter(
+            "vllm:prefix_cache_queries",
+            "Prefix cache queries, in terms of number of queried tokens.",
+            labels, registry=r,
+        ).labels(*values)
+        self.prefix_hits = Counter(
+            "vllm:prefix_cache_hits",
+            "Prefix cache hits, in terms of number of cached tokens.",
+            labels, registry=r,
+        ).labels(*values)
         self._success = Counter(
             "vllm:request_success",
             "Count of successfully processed requests.",

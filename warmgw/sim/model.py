@@ -61,9 +61,11 @@ class LatencyModel:
         self._rng = rng
 
     def plan(
-        self, prompt_tokens: int, max_tokens: int, running: int, features: Features = NO_FEATURES
+        self, prompt_tokens: int, max_tokens: int, running: int, features: Features = NO_FEATURES,
+        cached: int = 0,
     ) -> Timing:
-        """Called once per request at admission; ``running`` includes the request itself.
+        """Called once per request at admission; ``running`` includes the request itself;
+        ``cached``: the prompt's tokens found in the prefix cache (not computed again).
 
         ``max_tokens`` does not change the per-token cost; it is part of the signature so a
         richer model (e.g. decode slowing with KV usage) can use it.
@@ -71,7 +73,7 @@ class LatencyModel:
         c = self._config
         penalty, reasons = self._cold.charge(prompt_tokens, running, features)
         factor = 1.0 + self._rng.uniform(-c.jitter, c.jitter) if c.jitter else 1.0
-        ttft = (c.ttft_base + c.ttft_per_prompt_token * prompt_tokens) * factor + penalty
+        ttft = (c.ttft_base + c.ttft_per_prompt_token * (prompt_tokens - cached)) * factor + penalty
         return Timing(ttft=ttft, per_token=c.itl * factor, paid_cold=penalty > 0, cold=reasons)
 
 

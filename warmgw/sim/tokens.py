@@ -58,6 +58,21 @@ def completion_prompt_tokens(prompt: object, chars_per_token: int = 0) -> int:
     raise ValueError("prompt must be a string, a list of strings or a list of token ids")
 
 
+def completion_token_ids(prompt: object, chars_per_token: int = 0) -> list[int]:
+    """Token ids of a completions ``prompt`` (already validated by
+    completion_prompt_tokens): the texts' ids, or the ids given."""
+    if isinstance(prompt, str):
+        return text_token_ids(prompt, chars_per_token)
+    out: list[int] = []
+    if isinstance(prompt, list):
+        for p in prompt:
+            if isinstance(p, int):
+                out.append(p)
+            else:
+                out += completion_token_ids(p, chars_per_token)
+    return out
+
+
 def _message_texts(messages: object) -> Iterator[str]:
     """The text parts of chat ``messages``; raises ValueError on an unsupported shape."""
     if not isinstance(messages, list) or not messages:

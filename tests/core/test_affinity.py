@@ -1,0 +1,122 @@
+"""Prefix and session affinity through Router.pick / Ticket, with a fake clock: the bound
+on imbalance holds under a workload dominated by one prefix, and affinity does send a
+prefix back where it was served."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter, deque
+
+import pytest
+
+from tests.core.test_picker import NOW, one_pool, ramping, ready
+from warmgw.core.clock import FakeClock
+from warmgw.core.facts import RequestFacts
+from warmgw.core.model import Endpoint, Route
+from warmgw.core.policy import TrafficPolicy
+from warmgw.core.prefix import PrefixParams, RoutingParams, SessionParams
+from warmgw.core.registry import LifecycleParams, Registry
+from warmgw.core.routing import Router, Ticket
+
+EPS = 0.25
+HOT = tuple(range(1000, 1032))  # one long shared prefix: 32 chunks
+
+
+def router(**session: object) -> tuple[Router, FakeClock]:
+    clock = FakeClock(NOW)
+    routing = RoutingParams(PrefixParams(enabled=True, epsilon=EPS),
+                            SessionParams(**session))  # type: ignore[arg-type]
+    r = Router(Registry(LifecycleParams(), clock, TrafficPolicy.single("blue")), clock,
+               random.Random(3), routing=routing)
+    return r, clock
+
+
+def facts(chunks: tuple[int, ...], session: str | None = None) -> RequestFacts:
+    return RequestFacts("chat", "m", False, 9000, 16, 2000, chunks=chunks, session=session)
+
+
+def cap(ep: Endpoint, eps: list[Endpoint], inflight_after: int, now: float) -> int:
+    w = ep.weight(now)
+    total_w = sum(e.weight(now) for e in eps)
+    return math.ceil((1 + EPS) * inflight_after * w / total_w)
+
+
+@pytest.mark.parametrize("concurrency", [8, 32, 200])
+@pytest.mark.parametrize("ramp", [None, 0.2], ids=["all ready", "one ramping at 0.2"])
+def test_one_hot_prefix_never_exceeds_the_bound(concurrency: int, ramp: float | None) -> None:
+    eps = [ready(n) for n in "abcd"]
+    if ramp is not None:
+        eps.append(ramping("new", ramp))
+    route: Route = one_pool(*eps)
+    r, clock = router()
+    rng = random.Random(11)
+    flying: deque[Ticket] = deque()
+    picks: Counter[str] = Counter()
+    over = 0
+    for i in range(6000):
+        clock.advance(1e-5)  # the ramp's weight stays put
+        hot = rng.random() < 0.9  # 90 % of the traffic shares one prefix
+        chunks = (*HOT, i) if hot else (i, i + 1, i + 2)
+        t = r.pick(route, facts(chunks))
+        assert t is not None
+        picks[t.ep.name] += 1
+        flying.append(t)
+        inflight = sum(e.inflight for e in eps)
+        over += t.ep.inflight > cap(t.ep, eps, inflight, clock.now())
+        while len(flying) > concurrency:
+            flying.popleft().close()
+    # no pick (affinity or plain) put a replica over its bounded share of what was in flight
+    assert over == 0
+    now = clock.now()
+    total_w = sum(e.weight(now) for e in eps)
+    for e in eps:  # so no replica takes more than its bounded share of the picks (as the
+        # bound is rounded up to whole requests, that is looser at low concurrency)
+        share = picks[e.name] / 6000
+        bound = (1 + EPS) * e.weight(now) / total_w
+        assert share <= max(bound + 0.02, math.ceil(bound * concurrency) / concurrency), (
+            e.name, share)
+    if ramp is not None:  # its weight caps what it gets, though it holds the hot prefix
+        assert 0 < picks["new"] / 6000 < 1.5 * eps[-1].weight(now) / total_w
+    assert r.affinity is not None and r.affinity.affine > 0
+
+
+def test_affinity_sends_a_prefix_back_to_where_it_was_served() -> None:
+    eps = [ready(n) for n in "abcdefgh"]
+    route = one_pool(*eps)
+    r, clock = router()
+    homes: dict[int, str] = {}
+    same = 0
+    for k in range(400):  # 40 prefixes, one request at a time: the load never decides
+        clock.advance(0.01)
+        p = k % 40
+        t = r.pick(route, facts((*tuple(range(p * 100, p * 100 + 8)), k)))
+        assert t is not None
+        if p in homes:
+            same += t.ep.name == homes[p]
+        homes.setdefault(p, t.ep.name)
+        t.close()
+    assert same == 360
+    assert len(set(homes.values())) >= 6  # new prefixes are spread by the plain picker
+
+
+def test_session_sticks_within_the_bound_and_moves_when_its_replica_is_full() -> None:
+    eps = [ready(n) for n in "abcd"]
+    route = one_pool(*eps)
+    r, _clock = router(use_user_field=True)
+    first = r.pick(route, facts((), "alice"))
+    assert first is not None
+    home = first.ep
+    first.close()
+    for _ in range(50):
+        t = r.pick(route, facts((), "alice"))
+        assert t is not None and t.ep is home
+        t.close()
+    for e in eps:  # home is now far over its share: the session goes elsewhere
+        e.inflight = 10 if e is home else 1
+    t = r.pick(route, facts((), "alice"))
+    assert t is not None and t.ep is not home
+    moved = t.ep
+    t.close()
+    t = r.pick(route, facts((), "alice"))
+    assert t is not None and t.ep is moved
