@@ -103,16 +103,17 @@ def from_json(path: str, obj: Any, body_bytes: int, sole_model: str | None,
     route = route_of(path)
     if route != "chat" and route != "completions":
         return RequestFacts(route, model, stream, body_bytes, max_tokens)
+    features, spec_bytes = features_of(obj, keep)
+    prompt_bytes = body_bytes - spec_bytes  # a schema or a tool list is not prompt
     if routing is None:
-        return RequestFacts(route, model, stream, body_bytes, max_tokens,
-                            ratios.estimate(model, body_bytes), features_of(obj, keep))
+        return RequestFacts(route, model, stream, prompt_bytes, max_tokens,
+                            ratios.estimate(model, prompt_bytes), features)
     chunks = chunks_of(route, obj, model, routing.prefix) if routing.prefix.enabled else ()
     if session is None and routing.session.use_user_field:
         user = obj.get("user")
         session = user if isinstance(user, str) and user else None
-    return RequestFacts(route, model, stream, body_bytes, max_tokens,
-                        ratios.estimate(model, body_bytes), features_of(obj, keep), chunks,
-                        session)
+    return RequestFacts(route, model, stream, prompt_bytes, max_tokens,
+                        ratios.estimate(model, prompt_bytes), features, chunks, session)
 
 
 PROMPT_TOKENS = b'"prompt_tokens":'

@@ -136,25 +136,52 @@ MEDIA = {"image_url": "image", "input_image": "image", "image": "image",
          "input_audio": "audio", "audio_url": "audio", "video_url": "video"}
 
 
-def features_of(obj: dict[str, Any],
-                keep: Callable[[str, str], None] | None = None) -> Features:
-    """The features of a request body. keep, when given, is handed (id, canonical JSON) of
-    each structured-output spec and tool list seen (the profile keeps them, if allowed)."""
-    schema = tools = media = ""
+FEATURE_KEYS = frozenset((*STRUCTURED, "tools", "logprobs", "top_logprobs", "prompt_logprobs",
+                          "n"))
+
+
+def _media(messages: list[Any]) -> str:
+    kinds = set()
+    for m in messages:
+        content = m.get("content") if type(m) is dict else None
+        if type(content) is list:
+            for part in content:
+                if type(part) is dict:
+                    kind = MEDIA.get(part.get("type", ""))
+                    if kind:
+                        kinds.add(kind)
+    return "+".join(sorted(kinds))
+
+
+def features_of(obj: dict[str, Any], keep: Callable[[str, str], None] | None = None
+                ) -> tuple[Features, int]:
+    """The features of a request body, and how many of its bytes are specs (structured
+    output, tools) rather than prompt. keep, when given, is handed (id, JSON) of each
+    structured-output spec and tool list seen (the profile keeps them, if allowed)."""
+    messages = obj.get("messages")
+    if FEATURE_KEYS.isdisjoint(obj):  # the common case: no feature key at all
+        if type(messages) is not list:
+            return PLAIN, 0
+        media = _media(messages)
+        return (Features(media=media), 0) if media else (PLAIN, 0)
+    schema = tools = ""
+    spec_bytes = 0
     structured = {k: obj[k] for k in STRUCTURED if obj.get(k) is not None}
     rf = structured.get("response_format")
     if isinstance(rf, dict) and rf.get("type") == "text":
         del structured["response_format"]  # plain text: no grammar
     if structured:
-        schema, canon = spec_id(structured)
+        schema, sent = spec_id(structured)
+        spec_bytes += len(sent)
         if keep is not None:
-            keep(schema, canon)
+            keep(schema, sent)
     tl = obj.get("tools")
     if tl:
         spec = {"tools": tl, "tool_choice": obj.get("tool_choice")}
-        tools, canon = spec_id(spec)
+        tools, sent = spec_id(spec)
+        spec_bytes += len(sent)
         if keep is not None:
-            keep(tools, canon)
+            keep(tools, sent)
     lp = obj.get("logprobs")
     top = obj.get("top_logprobs")
     logprobs = 0
@@ -164,18 +191,7 @@ def features_of(obj: dict[str, Any],
         logprobs = 1
     n = obj.get("n")
     n = n if type(n) is int and n > 1 else 1
-    messages = obj.get("messages")
-    if type(messages) is list:
-        kinds = set()
-        for m in messages:
-            content = m.get("content") if type(m) is dict else None
-            if type(content) is list:
-                for part in content:
-                    if type(part) is dict:
-                        kind = MEDIA.get(part.get("type", ""))
-                        if kind:
-                            kinds.add(kind)
-        media = "+".join(sorted(kinds))
+    media = _media(messages) if type(messages) is list else ""
     if not (schema or tools or logprobs or n > 1 or media):
-        return PLAIN
-    return Features(schema, tools, logprobs, n, media)
+        return PLAIN, spec_bytes
+    return Features(schema, tools, logprobs, n, media), spec_bytes
