@@ -11,6 +11,9 @@ A round sends, one at a time:
    (structured-output spec, tools, logprobs, n, media) and its model or adapter name;
 3. the adapters the replica lists that users have not sent yet, most used first, one
    small request each, so that at most `max_lora` adapters are loaded by the warmup.
+2 and 3 are first uses (a grammar compiled, an op compiled, an adapter loaded): they are
+sent in the first two rounds and not waited on to converge; the grid's rounds go on until
+its latencies settle.
 A shape's latency is its time to first byte for a stream, its whole duration otherwise,
 the slowest request for a burst.
 
