@@ -42,7 +42,8 @@ class UpstreamParams:
     read_timeout: float = 300.0  # between two chunks, not for the whole response
     max_body_bytes: int = 8 * 1024 * 1024
     retries: int = 2  # other replicas tried when a connection cannot be made
-    # sent once more, on a fresh connection, when a reused one dropped it unanswered
+    # sent once more (on a fresh connection, another replica if one routes) when no byte of
+    # the answer came back before the connection closed or reset (not on a timeout)
     retry_unanswered: bool = True
 
 
