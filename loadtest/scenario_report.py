@@ -188,9 +188,10 @@ def markdown(data: Mapping[str, Any], s: Scenario) -> str:
         rows = [[n, *(f"{r[h]['requests']} / {r[h]['plain']} / {r[h]['cut']} / "
                       f"{r[h]['streams']}" if h in r else "-" for h in hows)]
                 for n, r in restarts.items()]
-        out += ["", "Requests while replicas were restarted by a signal, from each kill or "
-                "term on: started / failed non-streamed / streams cut after they began "
-                "(an SSE error event) / other failed streams.", ""]
+        out += ["", "Requests that ended while replicas were restarted by a signal (from "
+                "the first kill, or term, on): requests / failed non-streamed / streams cut "
+                "after they began (a 200 that ended early or with an SSE error event) / "
+                "other failed streams.", ""]
         out += _table(["strategy", *(f"after SIG{h.upper()}" for h in hows)], rows)
     c = data.get("claim")
     if c is not None:

@@ -82,7 +82,8 @@ def restart_failures(samples: Sequence[Mapping[str, Any]],
     """Requests that failed while replicas were restarted by a signal: by signal (kill,
     term), failed non-streamed ones (`plain`), streams that began and were then cut
     (`cut`: a 200 that ended in an error event or early) and other failed streams
-    (`streams`). A request belongs to the last kill/term before it started."""
+    (`streams`). A request belongs to the last kill/term before it ended, so one in
+    flight when the signal came counts for it."""
     marks = sorted((float(e["t"]), str(e["what"]).split(" ", 1)[0]) for e in events
                    if str(e["what"]).startswith(("kill ", "term ")))
     out: dict[str, dict[str, int]] = {}
@@ -91,7 +92,7 @@ def restart_failures(samples: Sequence[Mapping[str, Any]],
     if not marks:
         return out
     for smp in samples:
-        t = float(smp["t"])
+        t = float(smp["t"]) + float(smp.get("lat") or 0.0)
         how = ""
         for at, h in marks:
             if at > t:
