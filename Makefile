@@ -38,6 +38,7 @@ envoy:
 bench: $(STAMP) peers
 	$(PY) -m loadtest run scale_up && $(PY) -m loadtest run cutover \
 		&& $(PY) -m loadtest run learned_warmup \
+		&& $(PY) -m loadtest run restart --strategies warm,envoy,haproxy \
 		&& $(PY) -m loadtest.overhead --requests 1500
 
 clean:

@@ -246,6 +246,10 @@ class Child:
                 with contextlib.suppress(OSError):
                     pipe.close()
 
+    def send_signal(self, sig: signal.Signals) -> None:
+        """Send sig to its process group (a crash or a graceful stop, by the caller)."""
+        self._signal(sig)
+
     def _signal(self, sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, sig)

@@ -251,6 +251,17 @@ async def _event(ev: Event, bal: Balancer, fleet: SimFleet, clock: Clock,
         await step(ev.label(), lambda: bal.add(fleet_reps(fleet, ev.replicas)))
     elif ev.action == "remove":
         await step(ev.label(), lambda: bal.remove(list(ev.replicas)))
+    elif ev.action == "restart" and ev.signal:
+        for n in ev.replicas:  # one at a time, each routable again before the next
+            async def stop_start(n: str = n) -> str:
+                return await fleet.signal(n, ev.signal)
+
+            async def back(n: str = n) -> str:
+                took = await bal.wait_routable([n], min(ev.timeout, max(1.0, clock.left())))
+                return f"routable {took:.1f} s after it was serving"
+
+            if await step(f"{ev.signal} {n}", stop_start):
+                await step(f"{n} routable", back, at_end=True)
     elif ev.action == "restart":
         async def restart() -> str:
             for n in ev.replicas:

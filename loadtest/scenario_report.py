@@ -232,6 +232,18 @@ def markdown(data: Mapping[str, Any], s: Scenario) -> str:
                 f"machine's {m['cores']} cores busy during the run ({', '.join(noisy)}): "
                 "the latencies above include that contention; measure again on a quiet "
                 "machine before reading much into the tails."]
+    restarts = {n: r["summary"]["restart_failures"] for n, r in strategies.items()
+                if r["summary"].get("restart_failures")}
+    if restarts:
+        hows = list(dict.fromkeys(h for r in restarts.values() for h in r))
+        rows = [[n, *(f"{r[h]['requests']} / {r[h]['plain']} / {r[h]['cut']} / "
+                      f"{r[h]['streams']}" if h in r else "-" for h in hows)]
+                for n, r in restarts.items()]
+        out += ["", "Requests that ended while replicas were restarted by a signal (from "
+                "the first kill, or term, on): requests / failed non-streamed / streams cut "
+                "after they began (a 200 that ended early or with an SSE error event) / "
+                "other failed streams.", ""]
+        out += _table(["strategy", *(f"after SIG{h.upper()}" for h in hows)], rows)
     c = data.get("claim")
     if c is not None:
         verdict = "holds" if c["holds"] else "does NOT hold"

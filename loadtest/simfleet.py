@@ -4,7 +4,9 @@ Every replica of the scenario (newcomers too) starts at the outset on its own po
 the scenario's SimConfig and seed + i; a replica that no balancer knows yet gets no
 request and stays cold. The runner reads the simulator's counters over HTTP
 (GET /sim/stats: user_cold_hits, warmup_cold_hits, ...) and restarts a replica with
-POST /sim/restart.
+POST /sim/restart. With `fleet.processes: each`, each replica is its own process (replica
+i with seed + i, as in one process), which `kill` (SIGKILL: a crash) or `term` (SIGTERM:
+it drains, then exits) stops for real before it is started again on the same port.
 
 `prewarm` warms the initial replicas directly (not through any balancer), so every
 strategy starts from the same warm steady state and only newcomers are cold: the
@@ -18,8 +20,10 @@ the newcomers paid one, and for what.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
+import signal
 import sys
 import time
 from dataclasses import dataclass, fields
@@ -27,13 +31,15 @@ from typing import Any
 
 import aiohttp
 
-from loadtest.procs import Children
+from loadtest.procs import Child, Children, free_port
 from loadtest.spec import Fleet, ReplicaDef, Workload
 from loadtest.workload import every_request, request_for
 from warmgw.sim import WARMUP_HEADER, SimConfig
 
 LINE = re.compile(r"sim replica (\S+) serving model \S+ at (http://\S+)")
 START_TIMEOUT = 20.0
+DRAIN_TIMEOUT = 30.0  # s a SIGTERMed replica may take to finish its requests (--drain-timeout)
+SIGNALS = {"kill": signal.SIGKILL, "term": signal.SIGTERM}
 PREWARM_ROUNDS = 5
 
 
@@ -49,9 +55,9 @@ class Replica:
         return host, int(port)
 
 
-def sim_argv(config: SimConfig, n: int) -> list[str]:
-    argv = [sys.executable, "-m", "warmgw.sim", "--replicas", str(n), "--base-port", "0",
-            "--log-level", "warning"]
+def sim_argv(config: SimConfig, n: int, port: int = 0) -> list[str]:
+    argv = [sys.executable, "-m", "warmgw.sim", "--replicas", str(n), "--base-port", str(port),
+            "--log-level", "warning", "--drain-timeout", str(DRAIN_TIMEOUT)]
     default = SimConfig()
     for f in fields(SimConfig):
         value = getattr(config, f.name)
@@ -80,25 +86,64 @@ class SimFleet:
         self.session = session
         self.replicas: dict[str, Replica] = {}
         self.pid = 0
+        self._own: dict[str, tuple[Child, list[str]]] = {}  # processes: each
+        self._starts = 0
 
     async def start(self) -> None:
         defs = self.fleet.replicas
-        child = self.kids.start(self.name, self.argv or sim_argv(self.fleet.sim, len(defs)))
-        self.pid = child.pid
+        if self.fleet.processes == "each" and self.argv is None:
+            for i, d in enumerate(defs):
+                config = dataclasses.replace(self.fleet.sim, seed=self.fleet.sim.seed + i)
+                argv = sim_argv(config, 1, free_port())
+                child, url = await self._spawn(f"{self.name}-{d.name}", argv, 1)
+                self.replicas[d.name] = Replica(d.name, d.pool, url["r0"])
+                self._own[d.name] = (child, argv)
+            self.pid = self._own[defs[0].name][0].pid
+        else:
+            argv = self.argv or sim_argv(self.fleet.sim, len(defs))
+            child, found = await self._spawn(self.name, argv, len(defs))
+            self.pid = child.pid
+            # replica i of the simulator (named r{i}) is the scenario's i-th replica
+            for i, d in enumerate(defs):
+                self.replicas[d.name] = Replica(d.name, d.pool, found[f"r{i}"])
+        await self.wait_loaded(list(self.replicas), START_TIMEOUT)
+
+    async def _spawn(self, name: str, argv: list[str], n: int) -> tuple[Child, dict[str, str]]:
+        """Start one simulator process; it, and its replicas' URLs by the simulator's
+        names."""
+        child = self.kids.start(name, argv)
         deadline = time.monotonic() + START_TIMEOUT
         found: dict[str, str] = {}
-        while len(found) < len(defs):
+        while len(found) < n:
             if not child.alive():
                 raise RuntimeError(f"the simulator exited:\n{child.tail()}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the simulator did not start in {START_TIMEOUT} s")
             text = child.log.read_text(errors="replace")
             found = {m[1]: m[2] for m in LINE.finditer(text)}
-            await asyncio.sleep(0.05)
-        # replica i of the simulator (named r{i}) is the scenario's i-th replica
-        for i, d in enumerate(defs):
-            self.replicas[d.name] = Replica(d.name, d.pool, found[f"r{i}"])
-        await self.wait_loaded(list(self.replicas), START_TIMEOUT)
+            await asyncio.sleep(0.02)
+        return child, found
+
+    async def signal(self, name: str, how: str) -> str:
+        """kill (SIGKILL) or term (SIGTERM, then wait for the drain to end) the replica's
+        own process, and start it again on the same port; returns what happened."""
+        child, argv = self._own[name]
+        t0 = time.monotonic()
+        child.send_signal(SIGNALS[how])
+        deadline = t0 + DRAIN_TIMEOUT + 5.0
+        while child.alive():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not exit {deadline - t0:.0f} s after SIG{how}")
+            await asyncio.sleep(0.01)
+        exited = time.monotonic() - t0
+        self._starts += 1
+        again, found = await self._spawn(f"{self.name}-{name}-{self._starts}", argv, 1)
+        self._own[name] = (again, argv)
+        if found["r0"] != self.replicas[name].url:
+            raise RuntimeError(f"{name} came back at {found['r0']}, not its old address")
+        await self.wait_loaded([name], START_TIMEOUT)
+        return (f"exited {exited:.2f} s after SIG{how.upper()} (code {child.proc.returncode}), "
+                f"serving again {time.monotonic() - t0:.2f} s after it")
 
     def get(self, name: str) -> Replica:
         return self.replicas[name]

@@ -30,7 +30,10 @@ A scenario names a simulated fleet, a workload, phase lengths and the events of 
     quick: {phases: {...}, ...}                # merged over the file by --quick
 
 Actions: add (replicas), remove (replicas), restart (replicas: a simulated process
-restart), cutover (from, to: pools; warmgw's admin API, or membership for peers), rolling
+restart; with `signal: kill` or `signal: term` and `fleet.processes: each`, a real
+SIGKILL or SIGTERM to the replica's own process, started again on its port, one replica
+at a time, each routable again before the next), cutover (from, to: pools; warmgw's
+admin API, or membership for peers), rolling
 (pairs [old, new]: add new, wait until the balancer routes to it, hold, remove old).
 """
 
@@ -98,6 +101,7 @@ class ReplicaDef:
 class Fleet:
     replicas: tuple[ReplicaDef, ...]
     sim: SimConfig
+    processes: str = "one"  # one: every replica in one simulator process; each: one apiece
 
     def get(self, name: str) -> ReplicaDef:
         for r in self.replicas:
@@ -133,12 +137,15 @@ class Event:
     pairs: tuple[tuple[str, str], ...] = ()
     hold: float = 1.0
     timeout: float = 60.0
+    signal: str = ""  # restart: "" (POST /sim/restart), kill (SIGKILL) or term (SIGTERM)
 
     def label(self) -> str:
         if self.action == "cutover":
             return f"cutover {self.frm}->{self.to}"
         if self.action == "rolling":
             return "rolling " + ", ".join(f"{a}->{b}" for a, b in self.pairs)
+        if self.signal:
+            return f"{self.signal} {','.join(self.replicas)}"
         return f"{self.action} {','.join(self.replicas)}"
 
 
@@ -301,7 +308,10 @@ def _workload(raw: Any) -> Workload:
 
 def _fleet(raw: Any) -> Fleet:
     f = _map(raw, "fleet")
-    _only(f, {"sim", "replicas"}, "fleet")
+    _only(f, {"sim", "replicas", "processes"}, "fleet")
+    processes = f.get("processes", "one")
+    if processes not in ("one", "each"):
+        raise SpecError(f"fleet.processes: expected one or each, got {processes!r}")
     sim = dict(_map(f.get("sim"), "fleet.sim"))
     _only(sim, SIM_KEYS | {"cold_rules", "cold_scale"}, "fleet.sim")
     preset, scale = sim.pop("cold_rules", None), sim.pop("cold_scale", None)
@@ -341,13 +351,14 @@ def _fleet(raw: Any) -> Fleet:
     if len(initial_pools) != 1:
         raise SpecError(f"fleet.replicas: the initial replicas must share one pool, got "
                         f"{sorted(initial_pools) or 'none'}")
-    return Fleet(tuple(out), config)
+    return Fleet(tuple(out), config, processes)
 
 
 def _event(raw: Any, i: int, fleet: Fleet) -> Event:
     at_ = f"events[{i}]"
     e = _map(raw, at_)
-    _only(e, {"at", "action", "replicas", "from", "to", "pairs", "hold", "timeout"}, at_)
+    _only(e, {"at", "action", "replicas", "from", "to", "pairs", "hold", "timeout", "signal"},
+          at_)
     action = e.get("action")
     if action not in ACTIONS:
         raise SpecError(f"{at_}.action: expected one of {', '.join(ACTIONS)}, got {action!r}")
@@ -369,11 +380,17 @@ def _event(raw: Any, i: int, fleet: Fleet) -> Event:
                         f"({sorted(pools)}), got {frm!r} -> {to!r}")
     if action in ("add", "remove", "restart") and not reps:
         raise SpecError(f"{at_}.replicas: {action} needs at least one replica")
+    sig = str(e.get("signal", ""))
+    if sig not in ("", "kill", "term") or (sig and action != "restart"):
+        raise SpecError(f"{at_}.signal: kill or term, for a restart only, got {sig!r}")
+    if sig and fleet.processes != "each":
+        raise SpecError(f"{at_}.signal: needs fleet.processes: each (a process per replica)")
     if action == "rolling" and not pairs:
         raise SpecError(f"{at_}.pairs: rolling needs at least one [old, new] pair")
     return Event(
         at=_num(e, "at", 0.0, at_), action=action, replicas=reps, frm=frm, to=to, pairs=pairs,
         hold=_num(e, "hold", 1.0, at_), timeout=_num(e, "timeout", 60.0, at_, positive=True),
+        signal=sig,
     )
 
 

@@ -77,6 +77,42 @@ def first_requests(samples: Sequence[Mapping[str, Any]], names: Sequence[str],
     return out
 
 
+def restart_failures(samples: Sequence[Mapping[str, Any]],
+                     events: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, int]]:
+    """Requests that failed while replicas were restarted by a signal: by signal (kill,
+    term), failed non-streamed ones (`plain`), streams that began and were then cut
+    (`cut`: a 200 that ended in an error event or early) and other failed streams
+    (`streams`). A request belongs to the last kill/term before it ended, so one in
+    flight when the signal came counts for it."""
+    marks = sorted((float(e["t"]), str(e["what"]).split(" ", 1)[0]) for e in events
+                   if str(e["what"]).startswith(("kill ", "term ")))
+    out: dict[str, dict[str, int]] = {}
+    for how in dict.fromkeys(h for _, h in marks):
+        out[how] = {"requests": 0, "plain": 0, "cut": 0, "streams": 0}
+    if not marks:
+        return out
+    for smp in samples:
+        t = float(smp["t"]) + float(smp.get("lat") or 0.0)
+        how = ""
+        for at, h in marks:
+            if at > t:
+                break
+            how = h
+        if not how:
+            continue
+        o = out[how]
+        o["requests"] += 1
+        if smp["ok"]:
+            continue
+        if not smp["stream"]:
+            o["plain"] += 1
+        elif smp.get("status") == 200:
+            o["cut"] += 1
+        else:
+            o["streams"] += 1
+    return out
+
+
 def summarise(run: Mapping[str, Any], newcomers: Sequence[str] = ()) -> dict[str, Any]:
     """One strategy's summary from its record in result.json; newcomers: the replicas
     that joined during the run."""
@@ -107,6 +143,9 @@ def summarise(run: Mapping[str, Any], newcomers: Sequence[str] = ()) -> dict[str
         "phases": phases,
         "cpu": dict(run.get("cpu") or {}),
     }
+    restarts = restart_failures(samples, run.get("events") or [])
+    if restarts:
+        out["restart_failures"] = restarts
     if "during" in run["phases"] and newcomers:
         out["first_user_request"] = first_requests(samples, newcomers,
                                                    run["phases"]["during"][0])

@@ -19,7 +19,7 @@ class UpstreamParams:
     read_timeout: float = 300.0  # between two chunks, not for the whole response
     max_body_bytes: int = 8 * 1024 * 1024
     retries: int = 2  # other replicas tried when a connection cannot be made
-    # sent once more, on a fresh connection, when a reused one dropped it unanswered
+    # sent once more, afresh, elsewhere if possible, when reset before any byte came back
     retry_unanswered: bool = True
 
 

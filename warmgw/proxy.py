@@ -58,7 +58,9 @@ class _NotSent(Exception):
 
 
 class _Unanswered(Exception):
-    """Sent on a reused connection that closed or reset before any byte came back."""
+    """Sent, and the connection (fresh or reused) closed or reset before any byte came
+    back (not a timeout): the replica closed an idle connection as it went out, or died
+    with it. A completion has no side effect, so it may go once more."""
 
 
 class Proxy:
@@ -172,14 +174,18 @@ class Proxy:
         cancel = task.cancel if task is not None else None
         router = self.router
         attempts = self.p.retries + 1
-        fresh = False
+        resend = self.p.retry_unanswered  # one more attempt for a request left unanswered
+        unanswered: Endpoint | None = None  # the replica that left it so
         while attempts > 0:
             attempts -= 1
             ticket = router.pick(route, facts, tried, cancel)
+            if ticket is None and unanswered is not None:  # no other: that one, afresh
+                ticket = router.pick(route, facts, [e for e in tried if e is not unanswered],
+                                     cancel)
             if ticket is None:
                 break
             try:
-                return await self._forward(req, ticket, rid, fresh)
+                return await self._forward(req, ticket, rid, resend, unanswered is not None)
             except asyncio.CancelledError:  # the client left (or a drain deadline cut it)
                 ticket.left()
                 raise
@@ -187,17 +193,22 @@ class Proxy:
                 last = f"{ticket.ep.name}: {e}"
                 ticket.fail(Failure.NOT_SENT, str(e), down=e.down)
                 tried.append(ticket.ep)
-            except _Unanswered as e:  # once, on a fresh connection (the same replica or not)
+            except _Unanswered as e:  # once, fresh, on another replica if one routes
                 last = f"{ticket.ep.name}: {e}"
                 ticket.fail(Failure.UNANSWERED, str(e))
-                fresh = True
+                tried.append(ticket.ep)
+                unanswered = ticket.ep
+                resend = False
                 attempts += 1
             finally:
                 ticket.close()
         self._error(req, 502, f"no replica could be reached ({last})", "upstream_error",
                     "upstream_unreachable", extra=[(b"X-Request-Id", rid.encode())])
 
-    async def _forward(self, req: Request, ticket: Ticket, rid: str, fresh: bool) -> None:
+    async def _forward(self, req: Request, ticket: Ticket, rid: str, resend: bool,
+                       fresh: bool) -> None:
+        """One attempt. resend: a request left unanswered may go once more (_Unanswered).
+        fresh: on a new connection, not a pooled one."""
         ep = ticket.ep
         host, port, host_header = self._address(ep.url)
         data = self._upstream_request(req, host_header, rid)
@@ -214,7 +225,7 @@ class Proxy:
                 errors.body(f"the gateway is overloaded: {e}", "service_unavailable",
                             "gateway_overloaded"))
         except Cut as e:  # it had the request (or may have)
-            if e.unanswered and not fresh and self.p.retry_unanswered:
+            if e.unanswered and resend:
                 self.pool.close_address(host, port)  # its other idle ones are as stale
                 raise _Unanswered(str(e)) from None
             return self._failed(req, ticket, rid, e)

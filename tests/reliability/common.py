@@ -218,11 +218,11 @@ def task_count() -> int:
     return len(asyncio.all_tasks())
 
 
-async def settle(cond: Any, timeout: float = 5.0) -> bool:
-    """Poll cond() until true or timeout; returns its last value."""
+async def settle(cond: Any, timeout: float = 5.0, every: float = 0.05) -> bool:
+    """Poll cond() every `every` s until true or timeout; returns its last value."""
     deadline = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > deadline:
             return bool(cond())
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(every)
     return True

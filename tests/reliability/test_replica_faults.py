@@ -108,8 +108,9 @@ async def test_refused_connection_is_retried_on_another_replica(setup):
 @pytest.mark.gateway(outlier={"consecutive_errors": 1000},
                      upstream={"retry_unanswered": False})
 async def test_reset_before_the_response_is_a_clear_502_and_not_retried(setup):
-    """With upstream.retry_unanswered off (on, a request a kept-alive connection dropped
-    unanswered goes once more on a fresh one: test_retry_unanswered.py)."""
+    """With upstream.retry_unanswered off (on, a request whose connection was reset before
+    any byte came back goes once more, to another replica: test_retry_unanswered.py and
+    test_process_restarts.py)."""
     fleet, gw = setup
     r0 = fleet.replicas[0]
     r0.set_faults(drop_mid_stream=0)  # takes the request, then resets the connection
@@ -317,8 +318,8 @@ async def test_flapping_replica_is_rewarmed_each_time_and_costs_only_its_request
     ejections = [x for x in gw.registry.history
                  if x.name == "r0" and x.to is State.EJECTED and x.at >= start]
     assert len(ejections) >= flaps - 1
-    # users saw errors only for requests r0 had taken when it dropped them (plus at most
-    # one per drop sent on a pooled connection at the very moment it was reset)
+    # users saw errors only for requests r0 had taken when it dropped them (those it had
+    # not answered at all go once more: fewer errors than cut requests)
     errors = t.errors()
     assert all(e.replica == "r0" for e in errors), [e for e in errors if e.replica != "r0"]
     cut = [rec for rec in r0.log if not rec.warmup and rec.outcome != "ok"]

@@ -175,3 +175,29 @@ async def test_restart_via_http_control_route(session: aiohttp.ClientSession) ->
         async with session.get(r.url + "/sim/stats") as resp:
             stats = await resp.json()
         assert stats["restarts"] == 1 and stats["warm_prompt_buckets"] == []
+
+
+async def test_drain_finishes_what_it_has_and_accepts_nothing_new() -> None:
+    """As uvicorn on SIGTERM: the stream under way ends whole while a new connection is
+    refused; a request past the drain timeout is cut (and counted)."""
+    slow = dataclasses.replace(FAST, itl=0.02)
+    async with SimReplica(slow) as r, aiohttp.ClientSession() as s:
+        body = {"prompt": SHORT, "max_tokens": 15, "stream": True}
+        async with s.post(r.url + "/v1/completions", json=body) as resp:
+            first = await resp.content.readline()
+            drain = asyncio.create_task(r.drain(5.0))
+            await asyncio.sleep(0.05)
+            assert not drain.done()  # it waits for the stream
+            with pytest.raises(aiohttp.ClientConnectionError):
+                async with aiohttp.ClientSession() as other:
+                    await other.get(r.url + "/health")
+            rest = await resp.read()
+        assert first.startswith(b"data: ") and rest.rstrip().endswith(b"data: [DONE]")
+        assert await asyncio.wait_for(drain, 2.0) == 0
+    async with SimReplica(slow) as r, aiohttp.ClientSession() as s:
+        body = {"prompt": SHORT, "max_tokens": 50}
+        pending = asyncio.create_task(s.post(r.url + "/v1/completions", json=body))
+        await wait_until(lambda: r.process.scheduler.running == 1)
+        assert await r.drain(0.1) == 1
+        with pytest.raises(aiohttp.ClientError):
+            await pending

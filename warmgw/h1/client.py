@@ -2,8 +2,9 @@
 
 A request either is not taken (the connection could not be made: `NotConnected`, safe to
 try another replica) or is taken, after which anything that goes wrong (a reset, an early
-close, broken HTTP, no byte within read_timeout) is a `Cut`: the replica had the request,
-so it is not sent again. A response's body is read chunk by chunk as it arrives; reading
+close, broken HTTP, no byte within read_timeout) is a `Cut`. A Cut before any byte of the
+answer came back, not by a timeout, is `unanswered` (the proxy may send it once more);
+any other Cut is final. A response's body is read chunk by chunk as it arrives; reading
 from the replica pauses while more than READ_AHEAD bytes wait for a slow client.
 """
 
@@ -33,9 +34,10 @@ class OutOfFds(Exception):
 
 
 class Cut(Exception):
-    """The replica had the request and failed it. timeout: it went quiet. unanswered: the
-    request went out on a reused connection that closed or reset before any byte of the
-    response came back (the replica may have closed it as the request was being sent)."""
+    """The replica had the request (or may have) and failed it. timeout: it went quiet.
+    unanswered: the connection (fresh or reused) closed or reset before any byte of the
+    response came back: the replica closed an idle connection as the request went out, or
+    its process died or restarted with the request in it. Never set with timeout."""
 
     def __init__(self, why: str, timeout: bool = False, unanswered: bool = False) -> None:
         super().__init__(why)
@@ -52,7 +54,6 @@ class Response(asyncio.Protocol):
         self.loop = pool.loop
         self.transport: asyncio.Transport | None = None
         self.lost = False
-        self.reused = False  # this request is not the connection's first
         self.answered = False  # a byte of the current response came back
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
@@ -103,8 +104,7 @@ class Response(asyncio.Protocol):
             self.pool.forget(self)
         if not self.done:
             why = str(exc) if exc else "the replica closed the connection"
-            self._fail(Cut(why or type(exc).__name__,
-                           unanswered=self.reused and not self.answered))
+            self._fail(Cut(why or type(exc).__name__, unanswered=not self.answered))
 
     # -- llhttp callbacks -------------------------------------------------------------------
 
@@ -230,7 +230,6 @@ class Response(asyncio.Protocol):
             t.abort() if not self.done else t.close()
 
     def reset_for_reuse(self) -> None:
-        self.reused = True
         self.answered = False
         self.status = 0
         self.headers = []

@@ -1,4 +1,8 @@
-"""``warmgw sim``: run simulated vLLM replicas until SIGINT/SIGTERM."""
+"""``warmgw sim``: run simulated vLLM replicas until SIGINT/SIGTERM.
+
+A signal drains, as vLLM's uvicorn does: no new connection is accepted, idle keep-alive
+connections are closed, the requests in flight finish (up to --drain-timeout), then the
+process exits. A second signal exits at once. SIGKILL is the crash."""
 
 from __future__ import annotations
 
@@ -43,6 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--replicas", type=int, default=1, help="number of replicas (default 1)")
     add("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    add(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        help="on SIGTERM/SIGINT, seconds the requests in flight may take to finish (default 30)",
+    )
     add(
         "--base-port",
         type=int,
@@ -162,13 +172,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"warmgw sim: {exc}", file=sys.stderr)
         return 2
     try:
-        return uvloop.run(_serve(fleet))
+        return uvloop.run(_serve(fleet, args.drain_timeout))
     except OSError as exc:  # e.g. port in use
         print(f"warmgw sim: {exc}", file=sys.stderr)
         return 1
 
 
-async def _serve(fleet: SimFleet) -> int:
+async def _serve(fleet: SimFleet, drain_timeout: float) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -177,6 +187,16 @@ async def _serve(fleet: SimFleet) -> int:
         for r in fleet.replicas:
             print(f"sim replica {r.name} serving model {r.config.model} at {r.url}", flush=True)
         await stop.wait()
+        stop.clear()
+        drain = asyncio.ensure_future(fleet.drain(drain_timeout))
+        again = asyncio.ensure_future(stop.wait())  # a second signal: at once
+        await asyncio.wait([drain, again], return_when=asyncio.FIRST_COMPLETED)
+        again.cancel()
+        if not drain.done():
+            drain.cancel()
+            await asyncio.gather(drain, return_exceptions=True)
+        elif drain.result():
+            print(f"sim: {drain.result()} requests cut at the drain timeout", flush=True)
     return 0
 
 

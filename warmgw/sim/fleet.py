@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import ipaddress
 from collections.abc import Sequence
@@ -73,6 +74,11 @@ class SimFleet:
     async def stop(self) -> None:
         for replica in self.replicas:
             await replica.stop()
+
+    async def drain(self, timeout: float) -> int:
+        """Every replica drains at once (SimReplica.drain); how many requests were cut."""
+        cuts = await asyncio.gather(*(r.drain(timeout) for r in self.replicas))
+        return sum(cuts)
 
     async def wait_loaded(self) -> None:
         """Wait until every replica is loaded and listening (wrap in asyncio.timeout)."""

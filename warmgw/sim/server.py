@@ -61,6 +61,9 @@ class SimReplica:
         self._listening = asyncio.Event()  # set while self._site is not None
         self._tasks: set[asyncio.Task[None]] = set()
         self._process = self._new_process()
+        self._inflight = 0  # API requests being handled (not /sim/ ones)
+        self._quiet = asyncio.Event()  # set while none is
+        self._quiet.set()
 
     # ------------------------------------------------------------ inspection
 
@@ -167,6 +170,27 @@ class SimReplica:
         self._site = None
         self._listening.clear()
 
+    async def drain(self, timeout: float) -> int:
+        """Stop as uvicorn (so vLLM) does on SIGTERM: stop accepting connections, close the
+        idle keep-alive ones, let the requests in flight finish (their connections close
+        after the response), then stop. Requests still running after ``timeout`` seconds
+        are cut; returns how many were."""
+        if self._runner is None:
+            return 0
+        await self.stop_listening(drop_connections=False)
+        server = self._runner.server
+        for conn in list(server.connections if server is not None else ()):
+            conn.close()  # now if idle, after its response otherwise
+        log.info("sim %s: draining %d requests", self.name, self._inflight)
+        try:
+            async with asyncio.timeout(timeout):
+                await self._quiet.wait()
+        except TimeoutError:
+            pass
+        cut = self._inflight
+        await self.stop()
+        return cut
+
     async def restart(self, keep: asyncio.BaseTransport | None = None) -> None:
         """Simulate a process restart: reset every connection (but ``keep``) with a TCP RST,
         as a SIGKILLed process would, cancel running requests, reset metrics and
@@ -235,8 +259,12 @@ class SimReplica:
     @web.middleware
     async def _gate(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
         """503 while loading; FastAPI-style JSON for unknown routes and methods."""
-        if not request.path.startswith("/sim/") and not self.loaded:
+        api_request = not request.path.startswith("/sim/")
+        if api_request and not self.loaded:
             return api.json_response(api.error_body(503, "The model is still loading."), 503)
+        if api_request:
+            self._inflight += 1
+            self._quiet.clear()
         try:
             return await handler(request)
         except web.HTTPNotFound:
@@ -244,6 +272,11 @@ class SimReplica:
         except web.HTTPMethodNotAllowed as exc:
             allow = ", ".join(sorted(exc.allowed_methods))  # e.g. "GET", as real vLLM 0.32
             return api.json_response({"detail": "Method Not Allowed"}, 405, {"Allow": allow})
+        finally:
+            if api_request:
+                self._inflight -= 1
+                if not self._inflight:
+                    self._quiet.set()
 
     def _add_routes(self, app: web.Application) -> None:
         add_info_routes(app, self)
