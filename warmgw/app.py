@@ -29,6 +29,7 @@ from warmgw.core.routing import Router
 from warmgw.cutover import CutoverDriver
 from warmgw.discovery.dns import DnsDiscovery
 from warmgw.discovery.endpointslices import SliceDiscovery
+from warmgw.discovery.inferencepool import PoolDiscovery
 from warmgw.discovery.kapi import KubeApi, default_identity, own_namespace
 from warmgw.discovery.kube import KubeDiscovery
 from warmgw.discovery.static import StaticDiscovery
@@ -109,7 +110,7 @@ class Gateway:
 
         k = cfg.kubernetes
         self.kube_api = KubeApi(k.kubeconfig if k else None)
-        self.kube: KubeDiscovery | SliceDiscovery | None = None
+        self.kube: KubeDiscovery | SliceDiscovery | PoolDiscovery | None = None
         store: PolicyStore = FileStore(cfg.state_file) if cfg.state_file else MemoryStore()
         if k is not None:
             ns = k.namespace or own_namespace()
@@ -119,6 +120,12 @@ class Gateway:
                     self.kube_api, self.registry, self.replicas, ns, k.slice_labels,
                     k.label_selector, k.pool_label, k.port_name, k.port, k.model, identity,
                     k.readiness_gate, k.lease_duration, k.watch_timeout,
+                )
+            elif k.inference_pool is not None:
+                self.kube = PoolDiscovery(
+                    self.kube_api, self.registry, self.replicas, ns, k.inference_pool,
+                    k.pool_label, k.model, identity, k.readiness_gate, k.lease_duration,
+                    k.watch_timeout,
                 )
             else:
                 self.kube = KubeDiscovery(

@@ -324,6 +324,9 @@ def _discovery(data: Mapping[str, Any], active: str | None
         if kube.source == "endpointslices" and not kube.slice_labels:
             raise ConfigError(f"{where}.service: required with source endpointslices "
                               "(or slice_selector)")
+        if kube.inference_pool is not None and kube.source != "pods":
+            raise ConfigError(f"{where}.inference_pool: the pool's pods are the source; "
+                              f"drop source {kube.source!r}")
         if not active:
             raise ConfigError("policy.active: required with discovery.kubernetes (the pool "
                               "that serves until a cutover; pods carry it in the label "
