@@ -23,6 +23,7 @@ import pytest
 from tests.epp.conftest import ENVOY
 from tests.epp.envoy import Envoy, config
 from tests.helpers import gateway_config, wait_all_ready, wait_for
+from tests.test_cli_ops import warmgw
 from warmgw.app import Gateway
 from warmgw.sim import SimConfig, SimFleet, SimReplica
 
@@ -103,11 +104,11 @@ async def test_instant_cutover_under_streaming_load_cuts_nothing(fleet: SimFleet
                 await wait_for(lambda: len(user_log(b0)) + len(user_log(b1)) >= 30, 30,
                                "blue traffic")
                 assert not user_log(g0) and not user_log(g1)  # blue serves alone
-                async with aiohttp.ClientSession() as s, s.post(
-                        gw.admin_url + "/admin/v1/cutover",
-                        json={"to": "green", "mode": "instant"},
-                        headers={"Authorization": f"Bearer {TOKEN}"}) as r:
-                    assert r.status == 200, await r.text()
+                # the operator's CLI (the admin API underneath), exactly as for the proxy
+                code, out, err = await warmgw(gw, "cutover", "green", "--from", "blue",
+                                              token=TOKEN)
+                assert code == 0, err
+                assert "blue -> green (instant)" in out
                 returned = time.monotonic()
                 users.after.set()
                 await wait_for(lambda: users.sent_after >= 60, 30, "requests after")
