@@ -117,8 +117,11 @@ async def test_instant_cutover_under_streaming_load_cuts_nothing(fleet: SimFleet
                 await task
     blue = user_log(b0) + user_log(b1)
     green = user_log(g0) + user_log(g1)
-    # streams open on blue when the call returned: they exist, and they all ran to the end
-    open_then = [r for r in blue if r.start < returned < r.start + r.duration]
+    # streams open on blue at the switch (the gateway's record, same monotonic clock as
+    # the replicas'): they exist, and they all ran to the end
+    switched = gw.bluegreen.history[-1].started
+    assert switched < returned
+    open_then = [r for r in blue if r.start < switched < r.start + r.duration]
     assert open_then, "no blue stream was open at the cutover: the test proves nothing"
     assert all(r.outcome == "ok" and r.status == 200 for r in blue), Counter(
         r.outcome for r in blue)
