@@ -39,7 +39,7 @@ def pool_config(kubeconfig: Path, identity: str = "gw-a") -> Config:
 
 
 def test_inference_pool_wants_the_pods_source() -> None:
-    with pytest.raises(ConfigError, match=r"discovery\.kubernetes\.inference_pool"):
+    with pytest.raises(ConfigError, match=r"discovery\.kubernetes\.source: .*inference_pool"):
         parse({"discovery": {"kubernetes": {"inference_pool": "p", "source": "endpointslices",
                                             "service": "s"}},
                "policy": {"active": "blue"}})
