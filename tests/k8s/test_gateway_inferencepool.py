@@ -13,7 +13,7 @@ from tests.helpers import FAST_WARMUP, wait_for, wait_state
 from warmgw.app import Gateway
 from warmgw.config import Config, ConfigError, parse
 from warmgw.core.lifecycle import State
-from warmgw.discovery.inferencepool import PoolDiscovery
+from warmgw.discovery.inferencepool import InvalidPool, PoolDiscovery, PoolSpec, pool_spec
 
 from .fake_apiserver import FakeApiServer
 from .fake_pods import make_pod
@@ -36,6 +36,32 @@ def pool_config(kubeconfig: Path, identity: str = "gw-a") -> Config:
         "health": {"interval": 0.2, "timeout": 1.0},
         "ramp": {"doubling_time": 0.2, "initial_weight": 0.2},
     })
+
+
+def _pool(spec: dict[str, object]) -> dict[str, object]:
+    return {"metadata": {"name": "p"}, "spec": spec}
+
+
+@pytest.mark.parametrize(("spec", "expect"), [
+    ({"selector": {"matchLabels": {"b": "2", "a": "1"}}, "targetPorts": [{"number": 8000}]},
+     PoolSpec("a=1,b=2", 8000, None, "FailClose")),
+    ({"selector": {"matchLabels": {"app": "x"}}, "targetPorts": [{"number": 9}],
+      "endpointPickerRef": {"name": "epp", "port": {"number": 9002}, "failureMode": "FailOpen"}},
+     PoolSpec("app=x", 9, "epp:9002", "FailOpen")),
+])
+def test_pool_spec(spec: dict[str, object], expect: PoolSpec) -> None:
+    assert pool_spec(_pool(spec)) == expect
+
+
+@pytest.mark.parametrize("spec", [
+    {"selector": {"matchLabels": {}}, "targetPorts": [{"number": 8000}]},
+    {"selector": {"matchLabels": {"a": "1"}}, "targetPorts": []},
+    {"selector": {"matchLabels": {"a": "1"}}, "targetPorts": [{"number": 0}]},
+    {"selector": {"matchLabels": {"a": "1"}}, "targetPorts": [{"number": "80"}]},
+])
+def test_invalid_pool_spec(spec: dict[str, object]) -> None:
+    with pytest.raises(InvalidPool):
+        pool_spec(_pool(spec))
 
 
 def test_inference_pool_wants_the_pods_source() -> None:
@@ -117,3 +143,10 @@ async def test_pool_selector_change_moves_pods(apiserver: FakeApiServer, kubecon
             status, _ = await complete(gw.url)
             assert status == 200
         assert a.stats.user_requests == before  # users reach the pool's pods only
+
+        # a new target port: the same pods, re-specced to it (and probed there again)
+        apiserver.put_inference_pool(NS, "llama", {"app": "llama", "v2": "yes"}, port + 1)
+        await wait_for(lambda: all(ep.url.endswith(f":{port + 1}")
+                                   for ep in gw.registry.endpoints.values()), 5, "new port")
+        assert set(gw.registry.endpoints) == {"v12-0", "v2-0"}
+        assert gw.registry.endpoints["v12-0"].state is not State.READY  # nothing listens
