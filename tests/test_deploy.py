@@ -27,7 +27,14 @@ import yaml
 from kubernetes import client
 
 from tests.helpers import FAST_WARMUP, wait_for
-from tests.k8s.fake_apiserver import CONFIGMAPS, LEASES, FakeApiServer
+from tests.k8s.fake_apiserver import (
+    CONFIGMAPS,
+    HTTPROUTES,
+    INFERENCEPOOLS,
+    LEASES,
+    FakeApiServer,
+)
+from tests.k8s.fake_cluster import normalize
 from tests.k8s.fake_pods import make_pod
 from warmgw import metrics
 from warmgw.app import Gateway
@@ -42,6 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 GATEWAY = DEPLOY / "gateway"
 VLLM = DEPLOY / "vllm"
+EPP = DEPLOY / "epp"
 DASHBOARD = DEPLOY / "grafana" / "warmgw-dashboard.json"
 EXAMPLES = {GATEWAY / "admin-secret.example.yaml"}  # parsed, deliberately not applied
 GATE = "warmgw.io/warmed"
@@ -53,6 +61,7 @@ EXPECTED_RULES = {
     ("coordination.k8s.io", "leases", ("create", "get", "update"), ()),
     ("", "configmaps", ("get", "list", "update", "watch"), ("warmgw-policy",)),
 }
+CUSTOM = {"InferencePool": INFERENCEPOOLS, "HTTPRoute": HTTPROUTES}
 # Granted but not called by the gateway today (list/watch expose the same pods).
 GRANTED_UNUSED = {("", "pods", "get")}
 
@@ -218,7 +227,8 @@ def gateway(gateway_objects: list[JSON]) -> JSON:
 
 
 def test_every_manifest_is_rendered_or_a_declared_example() -> None:
-    rendered = {json.dumps(o, sort_keys=True) for o in render(GATEWAY) + render(VLLM)}
+    rendered = {json.dumps(o, sort_keys=True)
+                for o in render(GATEWAY) + render(VLLM) + render(EPP)}
     for path in manifest_files():
         for obj in load_file(path):
             applied = json.dumps(obj, sort_keys=True) in rendered
@@ -232,12 +242,18 @@ def test_manifest_parses_with_the_official_models(path: Path) -> None:
     objects = load_file(path)
     assert objects
     for obj in objects:
-        parse_strictly(obj)
+        if obj["kind"] in CUSTOM:  # no client model: the CRD's schema, as the fake checks it
+            kind = CUSTOM[obj["kind"]]
+            assert obj["apiVersion"] == kind.api_version
+            normalize(kind, json.loads(json.dumps({k: v for k, v in obj.items()
+                                                   if k not in ("apiVersion", "kind")})))
+        else:
+            parse_strictly(obj)
         assert "namespace" not in obj["metadata"], "the manifests are namespace-agnostic"
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
-@pytest.mark.parametrize("directory", [GATEWAY, VLLM, VLLM / "blue", VLLM / "green"],
+@pytest.mark.parametrize("directory", [GATEWAY, VLLM, VLLM / "blue", VLLM / "green", EPP],
                          ids=lambda p: str(p.relative_to(DEPLOY)))
 def test_loader_agrees_with_kubectl_kustomize(directory: Path) -> None:
     try:

@@ -17,6 +17,7 @@ from warmgw.core.bluegreen import BlueGreen, CutoverError, request_from_json
 from warmgw.core.model import Endpoint
 from warmgw.core.registry import Registry, UnknownEndpoint
 from warmgw.core.routing import Router
+from warmgw.discovery.httproute import RouteError, RouteSwitch
 from warmgw.discovery.static import StaticDiscovery
 
 log = logging.getLogger("warmgw.admin")
@@ -56,7 +57,8 @@ class PolicyCommit(Protocol):
 class Admin:
     def __init__(self, token: str, registry: Registry, bluegreen: BlueGreen,
                  policy: PolicyCommit, static: StaticDiscovery, strategy: str,
-                 router: Router) -> None:
+                 router: Router, route: RouteSwitch | None = None) -> None:
+        self.route = route
         self.registry = registry
         self.router = router
         self.bluegreen = bluegreen
@@ -79,6 +81,8 @@ class Admin:
         r.add_delete(f"{PREFIX}/replicas/{{name}}", self.remove_replica)
         r.add_post(f"{PREFIX}/replicas/{{name}}/{{action}}", self.replica_action)
         r.add_post(f"{PREFIX}/reload", self.reload)
+        r.add_get(f"{PREFIX}/route", self.route_weights)
+        r.add_post(f"{PREFIX}/route", self.route_switch)
         webpage.add_routes(app)
         return app
 
@@ -197,3 +201,34 @@ class Admin:
         except ConfigError as e:
             return _error(400, f"config not reloaded: {e}")
         return _json({"added": added, "removed": removed})
+
+    # -- across InferencePools: the HTTPRoute's weights ------------------------------------
+
+    ROUTE_NOTE = ("applied by the Gateway implementation when it has reconciled the "
+                  "HTTPRoute: not instant")
+
+    async def route_weights(self, request: web.Request) -> web.Response:
+        if self.route is None:
+            return _error(404, "no HTTPRoute configured (discovery.kubernetes.http_route)")
+        try:
+            weights = await self.route.weights()
+        except RouteError as e:
+            return _error(e.status, str(e))
+        return _json({"route": self.route.name, "weights": weights})
+
+    async def route_switch(self, request: web.Request) -> web.Response:
+        """{"to": POOL} or {"weights": {POOL: N, ...}}: PATCH the HTTPRoute's weights."""
+        if self.route is None:
+            return _error(404, "no HTTPRoute configured (discovery.kubernetes.http_route)")
+        body = await self._body(request)
+        to = body.get("to") if isinstance(body, dict) else None
+        weights = body.get("weights") if isinstance(body, dict) else None
+        if not isinstance(body, dict) or (to is not None and not isinstance(to, str)) or (
+                weights is not None and not isinstance(weights, dict)):
+            return _error(400, "expected {\"to\": POOL} or {\"weights\": {POOL: N}}")
+        try:
+            stored = await self.route.switch(to, weights)
+        except RouteError as e:
+            return _error(e.status, str(e))
+        log.info("HTTPRoute %s weights %s by admin call", self.route.name, stored)
+        return _json({"route": self.route.name, "weights": stored, "note": self.ROUTE_NOTE})

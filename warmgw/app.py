@@ -29,6 +29,8 @@ from warmgw.core.routing import Router
 from warmgw.cutover import CutoverDriver
 from warmgw.discovery.dns import DnsDiscovery
 from warmgw.discovery.endpointslices import SliceDiscovery
+from warmgw.discovery.httproute import RouteSwitch
+from warmgw.discovery.inferencepool import PoolDiscovery
 from warmgw.discovery.kapi import KubeApi, default_identity, own_namespace
 from warmgw.discovery.kube import KubeDiscovery
 from warmgw.discovery.static import StaticDiscovery
@@ -109,7 +111,8 @@ class Gateway:
 
         k = cfg.kubernetes
         self.kube_api = KubeApi(k.kubeconfig if k else None)
-        self.kube: KubeDiscovery | SliceDiscovery | None = None
+        self.kube: KubeDiscovery | SliceDiscovery | PoolDiscovery | None = None
+        route: RouteSwitch | None = None
         store: PolicyStore = FileStore(cfg.state_file) if cfg.state_file else MemoryStore()
         if k is not None:
             ns = k.namespace or own_namespace()
@@ -120,12 +123,20 @@ class Gateway:
                     k.label_selector, k.pool_label, k.port_name, k.port, k.model, identity,
                     k.readiness_gate, k.lease_duration, k.watch_timeout,
                 )
+            elif k.inference_pool is not None:
+                self.kube = PoolDiscovery(
+                    self.kube_api, self.registry, self.replicas, ns, k.inference_pool,
+                    k.pool_label, k.model, identity, k.readiness_gate, k.lease_duration,
+                    k.watch_timeout,
+                )
             else:
                 self.kube = KubeDiscovery(
                     self.kube_api, self.registry, self.replicas, ns, k.label_selector,
                     k.pool_label, k.port, k.model, identity,
                     k.readiness_gate, k.lease_duration, k.watch_timeout,
                 )
+            if k.http_route:
+                route = RouteSwitch(self.kube_api, ns, k.http_route)
             if k.policy_configmap:
                 store = ConfigMapStore(self.kube_api, ns, k.policy_configmap, k.watch_timeout)
         self.dns = DnsDiscovery(self.registry, cfg.dns) if cfg.dns is not None else None
@@ -158,7 +169,7 @@ class Gateway:
                                      up.max_body_bytes)
         self.admin = Admin(cfg.admin.token, self.registry, self.bluegreen, self.policy,
                            self.static, str(cfg.lifecycle.strategy),
-                           self.router) if cfg.admin.token else None
+                           self.router, route) if cfg.admin.token else None
         self._admin_runner: web.AppRunner | None = None
         self._cold_hits = self.router.cold.subscribe()
         self._cold_log: asyncio.Task[None] | None = None

@@ -82,8 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_demo)
 
     ctl.add_parsers(sub)
-    for name in ("status", "profile", "cutover", "rollback", "drain", "undrain", "rewarm", "add",
-                 "remove", "reload"):
+    for name in ("status", "profile", "cutover", "route", "rollback", "drain", "undrain",
+                 "rewarm", "add", "remove", "reload"):
         sub.choices[name].set_defaults(func=ctl.run)
     return parser
 

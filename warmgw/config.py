@@ -272,16 +272,16 @@ def _discovery(data: Mapping[str, Any], active: str | None
     if "kubernetes" in discovery:
         where = "discovery.kubernetes"
         kube = _build(KubeParams, _section(discovery, "kubernetes"), where)
-        if kube.source not in ("pods", "endpointslices"):
-            raise ConfigError(f"{where}.source: expected pods or endpointslices, "
-                              f"got {kube.source!r}")
+        if kube.source not in ("pods", "endpointslices") or (
+                kube.inference_pool is not None and kube.source != "pods"):
+            raise ConfigError(f"{where}.source: expected pods or endpointslices (pods with "
+                              f"inference_pool), got {kube.source!r}")
         if kube.source == "endpointslices" and not kube.slice_labels:
             raise ConfigError(f"{where}.service: required with source endpointslices "
                               "(or slice_selector)")
         if not active:
             raise ConfigError("policy.active: required with discovery.kubernetes (the pool "
-                              "that serves until a cutover; pods carry it in the label "
-                              f"{kube.pool_label!r})")
+                              f"serving first; pods carry it in label {kube.pool_label!r})")
     if "dns" in discovery:
         dns = _build(DnsParams, _section(discovery, "dns"), "discovery.dns")
         if dns.name is None:

@@ -199,10 +199,28 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
             res = call(args, "POST", "/reload")
             out.write(f"reloaded: added {res['added']}, removed {res['removed']}\n")
             return 0
+        if cmd == "route":
+            if args.to or args.weight:
+                weights = dict(_weight(w) for w in args.weight) if args.weight else None
+                res = call(args, "POST", "/route", {"to": args.to, "weights": weights})
+            else:
+                res = call(args, "GET", "/route")
+            shown = ", ".join(f"{p}={w}" for p, w in sorted(res["weights"].items()))
+            out.write(f"HTTPRoute {res['route']}: {shown}\n")
+            if "note" in res:
+                out.write(f"({res['note']})\n")
+            return 0
         raise CtlError(2, f"unknown command {cmd}")
     except CtlError as e:
         print(f"warmgw {args.command}: {e}", file=sys.stderr)
         return e.code
+
+
+def _weight(text: str) -> tuple[str, int]:
+    pool, _, n = text.partition("=")
+    if not pool or not n.isdigit():
+        raise CtlError(2, f"--weight: expected POOL=N, got {text!r}")
+    return pool, int(n)
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -226,6 +244,10 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--steps", type=int, default=5, help="gradual: number of share steps")
     p.add_argument("--force", action="store_true", help="even if the target is not warm")
     p.add_argument("--from", dest="expect_from", help="refuse unless this pool is active")
+    p = sub.add_parser("route", parents=[common],
+                       help="across InferencePools: show or set the HTTPRoute's weights")
+    p.add_argument("--to", help="every request to this pool (0 to the route's others)")
+    p.add_argument("--weight", action="append", default=[], metavar="POOL=N")
     p = sub.add_parser("rollback", parents=[common], help="back to the previous pool")
     p.add_argument("--force", action="store_true")
     for name, text in (("drain", "no new requests to a replica"),

@@ -7,6 +7,7 @@ import random
 import pytest
 
 from warmgw.core.clock import FakeClock
+from warmgw.core.facts import Refusal
 from warmgw.core.lifecycle import State
 from warmgw.core.model import Endpoint, EndpointSpec
 from warmgw.core.picker import pick
@@ -19,6 +20,7 @@ from warmgw.core.registry import (
     Transition,
     UnknownEndpoint,
 )
+from warmgw.core.routing import Router
 from warmgw.core.shapes import latency_key
 
 S = State
@@ -536,6 +538,20 @@ def test_known_models_follow_what_a_probe_learns() -> None:
     w.reg.probe_ok("a", frozenset({"llama"}), None, None)
     # warming: the proxy must answer 503 "not routable now", not 404 "does not exist"
     assert w.reg.snapshot.known_models == {"llama"}
+
+
+def test_a_replica_not_yet_probed_makes_an_unknown_model_503_not_404() -> None:
+    """A gateway (or endpoint picker) just restarted has not read /v1/models yet: a model
+    it does not know may be served, so it asks the user to retry rather than deny it."""
+    w = World()
+    w.add("a", model=None)
+    assert w.reg.snapshot.learning  # probing, models unknown
+    refusal = Router(w.reg, w.clock, random.Random(1)).resolve(w.reg.snapshot, "llama")
+    assert isinstance(refusal, Refusal) and refusal.status == 503 and refusal.retry
+    w.reg.probe_ok("a", frozenset({"qwen"}), None, None)
+    assert not w.reg.snapshot.learning
+    refusal = Router(w.reg, w.clock, random.Random(1)).resolve(w.reg.snapshot, "llama")
+    assert isinstance(refusal, Refusal) and refusal.status == 404
 
 
 def test_snapshot_is_reused_until_something_changes() -> None:

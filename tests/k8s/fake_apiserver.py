@@ -37,6 +37,8 @@ from .fake_http import NOT_FOUND, ApiHandlers, status_response
 from .fake_kinds import (
     CONFIGMAPS,
     ENDPOINTSLICES,
+    HTTPROUTES,
+    INFERENCEPOOLS,
     JSON,
     KINDS,
     LEASES,
@@ -49,7 +51,8 @@ from .fake_kinds import (
 from .fake_pods import SERVICE_NAME_LABEL, make_pod
 from .fake_store import Store
 
-__all__ = ["CONFIGMAPS", "ENDPOINTSLICES", "LEASES", "PODS", "SERVICES", "FakeApiServer",
+__all__ = ["CONFIGMAPS", "ENDPOINTSLICES", "HTTPROUTES", "INFERENCEPOOLS", "LEASES", "PODS",
+           "SERVICES", "FakeApiServer",
            "RecordedRequest", "make_pod"]
 
 
@@ -280,6 +283,29 @@ class FakeApiServer:
 
     def put_configmap(self, namespace: str, name: str, data: Mapping[str, str]) -> JSON:
         return self.cluster.put_configmap(namespace, name, data)
+
+    def put_inference_pool(self, namespace: str, name: str, match_labels: Mapping[str, str],
+                           port: int, *, picker: str = "warmgw-epp", picker_port: int = 9002,
+                           failure_mode: str = "FailClose") -> JSON:
+        """An InferencePool (inference.networking.k8s.io/v1), created or its spec replaced."""
+        return self.cluster.put(INFERENCEPOOLS, namespace, {
+            "metadata": {"name": name},
+            "spec": {"selector": {"matchLabels": dict(match_labels)},
+                     "targetPorts": [{"number": port}],
+                     "endpointPickerRef": {"name": picker, "port": {"number": picker_port},
+                                           "failureMode": failure_mode}}})
+
+    def put_http_route(self, namespace: str, name: str, gateway: str,
+                       pools: Mapping[str, int]) -> JSON:
+        """An HTTPRoute (gateway.networking.k8s.io/v1) whose one rule sends to InferencePools
+        by weight (pool name -> weight)."""
+        refs = [{"group": "inference.networking.k8s.io", "kind": "InferencePool",
+                 "name": pool, "weight": weight} for pool, weight in pools.items()]
+        return self.cluster.put(HTTPROUTES, namespace, {
+            "metadata": {"name": name},
+            "spec": {"parentRefs": [{"name": gateway}],
+                     "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                                "backendRefs": refs}]}})
 
 
 async def _poll(cond: Callable[[], bool], timeout: float, what: str) -> None:

@@ -11,10 +11,13 @@ from typing import Any
 from .fake_kinds import (
     CONFIGMAPS,
     ENDPOINTSLICES,
+    HTTPROUTES,
+    INFERENCEPOOLS,
     JSON,
     LEASES,
     PODS,
     SERVICES,
+    ApiError,
     Kind,
     bad_request,
     conflict,
@@ -25,7 +28,7 @@ from .fake_kinds import (
     now,
     parse_time,
 )
-from .fake_patch import apply_patch
+from .fake_patch import JSON_PATCH, MERGE, STRATEGIC, apply_patch
 from .fake_pods import SERVICE_NAME_LABEL, desired_slices, kubelet_sync, set_condition
 from .fake_store import Store
 
@@ -82,6 +85,10 @@ class Cluster:
     def patch(self, kind: Kind, namespace: str, name: str, content_type: str, patch: Any,
               subresource: str | None = None) -> JSON:
         current = self.store.require(kind, namespace, name)
+        if kind.custom and content_type == STRATEGIC:  # no strategic merge for CRDs
+            raise ApiError(415, "UnsupportedMediaType",
+                           "the body of the request was in an unknown format - accepted media "
+                           f"types include: {JSON_PATCH}, {MERGE}, application/apply-patch+yaml")
         patched = _strip_type(kind, apply_patch(content_type, kind.with_kind(current), patch))
         meta = patched.get("metadata")
         if not isinstance(meta, dict):
@@ -217,6 +224,15 @@ class Cluster:
         current["data"] = dict(data)
         return self.update(CONFIGMAPS, namespace, name, current)
 
+    def put(self, kind: Kind, namespace: str, obj: JSON) -> JSON:
+        """Create, or replace the spec of, an object as a user's `kubectl apply` would."""
+        name = obj["metadata"]["name"]
+        current = self.store.get(kind, namespace, name)
+        if current is None:
+            return self.create(kind, namespace, copy.deepcopy(obj))
+        return self.update(kind, namespace, name, {**current, "spec": copy.deepcopy(
+            obj.get("spec"))})
+
     # --- controllers ---------------------------------------------------------------------
 
     def _after_write(self, kind: Kind, namespace: str) -> None:
@@ -291,7 +307,36 @@ def normalize(kind: Kind, obj: JSON) -> JSON:
                                   f"spec.{key}: expected an integer, got {spec[key]!r}")
     elif kind is CONFIGMAPS:
         _strings(kind, obj.get("data"), "data")
+    elif kind is INFERENCEPOOLS:
+        _inference_pool(kind, meta.get("name", ""), obj.get("spec") or {})
+    elif kind is HTTPROUTES:
+        for i, rule in enumerate((obj.get("spec") or {}).get("rules") or []):
+            for j, ref in enumerate(rule.get("backendRefs") or []):
+                w = ref.get("weight", 1)
+                if type(w) is not int or not 0 <= w <= 1_000_000:
+                    raise invalid(kind, meta.get("name", ""),
+                                  f"spec.rules[{i}].backendRefs[{j}].weight: Invalid value: "
+                                  f"{w!r}: must be an integer in 0-1000000")
     return obj
+
+
+def _inference_pool(kind: Kind, name: str, spec: JSON) -> None:
+    """The CRD's OpenAPI validation (inference.networking.k8s.io/v1), as 422 Invalid."""
+    labels = (spec.get("selector") or {}).get("matchLabels")
+    if not isinstance(labels, dict) or not 1 <= len(labels) <= 64:
+        raise invalid(kind, name, "spec.selector.matchLabels: Required value: 1-64 labels")
+    _strings(kind, labels, "spec.selector.matchLabels")
+    ports = spec.get("targetPorts")
+    if not isinstance(ports, list) or len(ports) != 1:
+        raise invalid(kind, name, "spec.targetPorts: Invalid value: must have exactly 1 item")
+    number = ports[0].get("number") if isinstance(ports[0], dict) else None
+    if type(number) is not int or not 1 <= number <= 65535:
+        raise invalid(kind, name, f"spec.targetPorts[0].number: Invalid value: {number!r}: "
+                                  "must be 1-65535")
+    mode = (spec.get("endpointPickerRef") or {}).get("failureMode", "FailClose")
+    if mode not in ("FailOpen", "FailClose"):
+        raise invalid(kind, name, f"spec.endpointPickerRef.failureMode: Unsupported value: "
+                                  f'"{mode}": supported values: "FailOpen", "FailClose"')
 
 
 def _strings(kind: Kind, value: Any, field: str) -> None:

@@ -19,6 +19,8 @@ class Kind:
     verbs: frozenset[str] = frozenset({"get", "list", "watch"})
     # Leases refuse an update without metadata.resourceVersion (AllowUnconditionalUpdate false).
     unconditional_update: bool = True
+    # Custom resources (CRDs) take JSON and merge patches, never strategic merge (415).
+    custom: bool = False
 
     @property
     def api_version(self) -> str:
@@ -45,7 +47,12 @@ SERVICES = Kind("services", "Service", "")
 CONFIGMAPS = Kind("configmaps", "ConfigMap", "", verbs=_RW)
 ENDPOINTSLICES = Kind("endpointslices", "EndpointSlice", "discovery.k8s.io")
 LEASES = Kind("leases", "Lease", "coordination.k8s.io", verbs=_RW, unconditional_update=False)
-KINDS = (PODS, SERVICES, CONFIGMAPS, ENDPOINTSLICES, LEASES)
+# Gateway API Inference Extension and Gateway API objects: custom resources (CRDs).
+INFERENCEPOOLS = Kind("inferencepools", "InferencePool", "inference.networking.k8s.io",
+                      verbs=_RW, custom=True)
+HTTPROUTES = Kind("httproutes", "HTTPRoute", "gateway.networking.k8s.io", verbs=_RW,
+                  custom=True)
+KINDS = (PODS, SERVICES, CONFIGMAPS, ENDPOINTSLICES, LEASES, INFERENCEPOOLS, HTTPROUTES)
 
 
 class ApiError(Exception):

@@ -497,3 +497,35 @@ async def test_requests_are_recorded(apiserver: FakeApiServer, api: client.ApiCl
     assert {r.content_type for r in patches} == {STRATEGIC}
     assert patches[0].body["status"]["conditions"][0]["type"] == GATE
     assert all(r.status == 200 for r in patches)
+
+
+async def test_custom_resources_inferencepool_and_httproute(apiserver: FakeApiServer) -> None:
+    """CRDs: validated by their schema (422), merge patch yes, strategic merge no (415)."""
+    pools = "/apis/inference.networking.k8s.io/v1/namespaces/default/inferencepools"
+    routes = "/apis/gateway.networking.k8s.io/v1/namespaces/default/httproutes"
+    apiserver.put_inference_pool("default", "p", {"app": "x"}, 8000)
+    apiserver.put_http_route("default", "r", "gw", {"p": 100, "q": 0})
+    async with raw_session(apiserver) as http:
+        async with http.get(pools, params={"fieldSelector": "metadata.name=p"}) as r:
+            body = await r.json()
+            assert body["kind"] == "InferencePoolList"
+            assert body["apiVersion"] == "inference.networking.k8s.io/v1"
+            assert [i["spec"]["targetPorts"] for i in body["items"]] == [[{"number": 8000}]]
+        bad = {"apiVersion": "inference.networking.k8s.io/v1", "kind": "InferencePool",
+               "metadata": {"name": "bad"},
+               "spec": {"selector": {"matchLabels": {"a": "b"}}, "targetPorts": []}}
+        async with http.post(pools, json=bad) as r:
+            assert r.status == 422 and (await r.json())["reason"] == "Invalid"
+        patch = {"spec": {"rules": [{"backendRefs": [{"name": "q", "weight": 100}]}]}}
+        async with http.patch(routes + "/r", data=json.dumps(patch),
+                              headers={"Content-Type": STRATEGIC}) as r:
+            assert r.status == 415
+        async with http.patch(routes + "/r", data=json.dumps(patch),
+                              headers={"Content-Type": MERGE}) as r:
+            assert r.status == 200
+            assert (await r.json())["spec"]["rules"][0]["backendRefs"] == [
+                {"name": "q", "weight": 100}]  # a merge patch replaces lists whole
+        bad_weight = {"spec": {"rules": [{"backendRefs": [{"name": "q", "weight": -1}]}]}}
+        async with http.patch(routes + "/r", data=json.dumps(bad_weight),
+                              headers={"Content-Type": MERGE}) as r:
+            assert r.status == 422

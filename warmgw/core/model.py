@@ -121,3 +121,6 @@ class Snapshot:
     version: int
     routes: dict[str, Route] = field(default_factory=dict)
     known_models: frozenset[str] = frozenset()
+    # some replica has not said yet which models it serves (just discovered, or a gateway
+    # that just started): an unknown model may be one of them, so 503, not 404
+    learning: bool = False

@@ -105,8 +105,10 @@ class Registry:
         self._version += 1
         by_model: dict[str, dict[str, list[Endpoint]]] = {}
         known: set[str] = set()
+        learning = False
         for ep in self.endpoints.values():
             known.update(ep.models)
+            learning = learning or (not ep.models and ep.state in (State.DISCOVERED, State.PROBING))
             if ep.state not in ROUTABLE:
                 continue
             for m in ep.models:
@@ -120,7 +122,7 @@ class Registry:
             )
             if groups:
                 routes[model] = Route(groups, sum(g.share for g in groups))
-        return Snapshot(self._version, routes, frozenset(known))
+        return Snapshot(self._version, routes, frozenset(known), learning)
 
     def _changed(self) -> None:
         self._snapshot = None

@@ -185,7 +185,7 @@ class Router:
         route = snap.routes.get(model)
         if route is not None:
             return route
-        if model in snap.known_models:
+        if model in snap.known_models or snap.learning:
             return Refusal(503, f"no replica serving model '{model}' is routable now",
                            "service_unavailable", "no_replica", retry=True)
         return Refusal(404, f"The model `{model}` does not exist.", "invalid_request_error",

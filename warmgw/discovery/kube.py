@@ -30,7 +30,7 @@ class KubeDiscovery:
         registry: Registry,
         replicas: Replicas,
         namespace: str,
-        label_selector: str,
+        label_selector: str | None,
         pool_label: str,
         port: int,
         model: str | None,
@@ -48,28 +48,59 @@ class KubeDiscovery:
         self.identity = identity
         self.gate = PodGate(api, registry, replicas, namespace, identity, readiness_gate,
                             lease_duration)
+        self.watch_timeout = watch_timeout
+        self.label_selector = label_selector
         self._run: asyncio.Task[None] | None = None
-        self.watcher = Watcher(
-            f"pods {namespace}/{label_selector}",
-            self._list_pods,
-            self._on_pods,
-            watch_timeout=watch_timeout,
-            namespace=namespace,
-            label_selector=label_selector,
-        )
+        self._started = False
+        self._retired: set[asyncio.Task[None]] = set()
+        self.watcher = self._watcher(label_selector or "")
+
+    def _watcher(self, label_selector: str) -> Watcher:
+        return Watcher(f"pods {self.ns}/{label_selector}", self._list_pods, self._on_pods,
+                       watch_timeout=self.watch_timeout, namespace=self.ns,
+                       label_selector=label_selector)
 
     def _list_pods(self, **kwargs: Any) -> Any:
         return client.CoreV1Api(self.api()).list_namespaced_pod_without_preload_content(
             **kwargs)
 
     async def start(self) -> None:
-        self._run = asyncio.create_task(self.watcher.run(), name="warmgw-k8s-pods")
+        """Watch the pods, or (no selector yet) wait for target()."""
+        self._started = True
+        if self.label_selector is not None:
+            self._run = asyncio.create_task(self.watcher.run(), name="warmgw-k8s-pods")
 
     async def stop(self) -> None:
-        if self._run is not None:
-            self._run.cancel()
-            await asyncio.gather(self._run, return_exceptions=True)
+        self._started = False
+        tasks = [*self._retired, *([self._run] if self._run is not None else [])]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._retired.clear()
+        self._run = None
         await self.gate.stop()
+
+    def target(self, label_selector: str, port: int) -> None:
+        """Pick the pods of another selector, or serve them on another port (an
+        InferencePool's spec changed). A new port re-specs every known pod (the registry
+        probes a moved URL again); a new selector starts a new watch whose first list is
+        the difference from the pods known so far: pods come and go, the others stay."""
+        if port != self.port:
+            self.port = port
+            self._on_pods(dict(self.watcher.objects))
+        if label_selector == self.label_selector and self._run is not None:
+            return
+        self.label_selector = label_selector
+        known = self.watcher.objects
+        self.watcher = self._watcher(label_selector)
+        self.watcher.objects = known
+        if self._run is not None:  # cancelled here, awaited on stop()
+            self._run.cancel()
+            self._retired.add(self._run)
+            self._run.add_done_callback(self._retired.discard)
+            self._run = None
+        if self._started:
+            self._run = asyncio.create_task(self.watcher.run(), name="warmgw-k8s-pods")
 
     def _on_pods(self, changed: dict[str, dict[str, Any] | None]) -> None:
         """One delta per pod that changed: O(1) each."""

@@ -26,6 +26,10 @@ class KubeParams:
     service: str | None = None
     slice_selector: str | None = None
     port_name: str | None = None
+    # an InferencePool's name: its selector and target port replace label_selector and port
+    inference_pool: str | None = None
+    # an HTTPRoute whose backendRefs weigh InferencePools: the admin API's /route switch
+    http_route: str | None = None
 
     @property
     def slice_labels(self) -> str:
