@@ -14,7 +14,6 @@ from warmgw.core.shapes import (
     TokenRatios,
     features_of,
     fine,
-    latency_key,
 )
 
 ROUTES = {
@@ -48,7 +47,9 @@ class RequestFacts:
         self.max_tokens = max_tokens
         self.tokens = tokens  # prompt tokens, estimated from the bytes (0: not a prompt)
         self.features = features
-        self.key = latency_key(route, stream, tokens, max_tokens)
+        # core.shapes.latency_key, inline (hot path)
+        self.key = ((tokens.bit_length() << 9) | (max_tokens.bit_length() << 2)
+                    | (route == "chat") << 1 | stream)
         self.chunks = chunks  # chained hashes of the prompt's chunks (core.prefix), if on
         self.session = session  # the session affinity key, if on
 

@@ -35,8 +35,9 @@ def least_loaded(
     if n == 1:
         return endpoints[0]
     if uniform:
-        i = rng.randrange(n)
-        j = rng.randrange(n - 1)
+        r = rng.random  # two draws: random() is C, randrange() Python (hot path)
+        i = int(r() * n)
+        j = int(r() * (n - 1))
         if j >= i:
             j += 1
         a, b = endpoints[i], endpoints[j]

@@ -39,7 +39,7 @@ from warmgw.core.picker import pick
 from warmgw.core.prefix import RoutingParams
 from warmgw.core.profile import Coverage, ProfileParams, TrafficProfile
 from warmgw.core.registry import Registry
-from warmgw.core.shapes import DEFAULT_BYTES_PER_TOKEN, ShapeKey, TokenRatios
+from warmgw.core.shapes import DEFAULT_BYTES_PER_TOKEN, ShapeKey, TokenRatios, fine
 from warmgw.core.telemetry import RequestStats
 
 
@@ -50,6 +50,7 @@ class Failure(Enum):
 
 
 MAX_SEEN = 4096  # feature-shapes remembered per replica
+_new_key = tuple.__new__  # a ShapeKey without NamedTuple's Python-level __new__
 
 
 class Ticket:
@@ -96,12 +97,15 @@ class Ticket:
             latency = self.ttfb
         else:
             latency = now - self.t0
-        shape = facts.shape(prompt_tokens)
-        if prompt_tokens and shape is not None:
-            router.ratios.learn(shape.model, facts.prompt_bytes, prompt_tokens)
-        if shape is None:
-            router.registry.observe(ep, facts.model or "", facts.key, latency)
+        route = facts.route
+        model = facts.model or ""
+        if route != "chat" and route != "completions":
+            router.registry.observe(ep, model, facts.key, latency)
         else:
+            if prompt_tokens and not ep.requests & 7:  # a sample is enough: it moves slowly
+                router.ratios.learn(model, facts.prompt_bytes, prompt_tokens)
+            shape = _new_key(ShapeKey, (model, route, facts.stream,
+                                        fine(prompt_tokens or facts.tokens), facts.features))
             seen = ep.seen
             warmed = seen.get(shape)
             first = warmed is None
@@ -109,8 +113,11 @@ class Ticket:
                 if len(seen) >= MAX_SEEN:
                     seen.clear()  # bounded; shapes it forgot count as first uses again
                 seen[shape] = False
-            ratio = router.registry.observe(ep, shape.model, facts.key, latency, first)
-            router.learn(ep, shape, prompt_tokens, warmed is True, first, ratio, now)
+            ratio = router.registry.observe(ep, model, facts.key, latency, first)
+            router.profile.record(shape, prompt_tokens, now)
+            router.coverage.add(warmed is True, now)
+            if first and ratio is not None and ratio >= router.profile_params.cold_ratio:
+                router.cold_hit(ep, shape, ratio, now)
         router.stats.latency(ep.pool, latency, now - self.t0)
 
     def fail(self, kind: Failure, why: str, status: int = 0, down: bool = False) -> None:
@@ -160,15 +167,10 @@ class Router:
         self.cold_hits: dict[tuple[str, str], int] = {}  # (replica, reason) -> count
         self.cold: Feed[ColdHit] = Feed()  # each cold hit, for the edge to log
 
-    def learn(self, ep: Endpoint, shape: ShapeKey, prompt_tokens: int, covered: bool,
-              first: bool, ratio: float | None, now: float) -> None:
-        """A user request of this shape was served by ep: the profile counts it, coverage
-        says whether ep's warmup had sent it, and a first use far slower than the fleet is
-        a cold hit (counted, published, and pinned in the profile so warmups send it)."""
-        self.profile.record(shape, prompt_tokens, now)
-        self.coverage.add(covered, now)
-        if not first or ratio is None or ratio < self.profile_params.cold_ratio:
-            return
+    def cold_hit(self, ep: Endpoint, shape: ShapeKey, ratio: float, now: float) -> None:
+        """A user request was the first of its shape on ep and far slower than the fleet's
+        (Ticket.complete, which also counts it in the profile and the coverage): counted,
+        published, and pinned in the profile so that warmups send it."""
         reason = cold_reason(shape, ep.adapters)
         k = (ep.name, reason)
         self.cold_hits[k] = self.cold_hits.get(k, 0) + 1
