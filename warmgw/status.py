@@ -1,4 +1,11 @@
-"""The gateway's state as plain JSON-able data, for the admin API, the CLI and the page."""
+"""The gateway's state as plain JSON-able data, for the admin API, the CLI and the page.
+
+The whole-gateway status is O(replicas) and is built off the loop: `capture` copies the
+state into plain tuples on the event loop (one short pass, so the copy is consistent), and
+`build` (dicts, rounding, sorting) and the JSON encoding run in a worker thread (the admin
+API's handler, warmgw.admin). Same reasoning as warmgw.metrics: no per-change upkeep, never
+stale, and the loop's step stays a copy of the fields, not the formatting of 1,000 replicas.
+"""
 
 from __future__ import annotations
 
@@ -14,29 +21,52 @@ from warmgw.core.registry import Registry
 from warmgw.core.routing import Router
 from warmgw.core.shapes import ShapeKey
 
+# name, url, pool, models, state, since_s, reason, weight, inflight, requests, errors, ratio,
+# warm_rounds
+ReplicaRow = tuple[str, str, str, frozenset[str], str, float, str, float, int, int, int,
+                   float | None, int]
 
-def replica(ep: Endpoint, now: float, share: float) -> dict[str, Any]:
+
+def replica_row(ep: Endpoint, now: float, share: float) -> ReplicaRow:
     routable = ep.state in ROUTABLE and share > 0.0
+    return (ep.name, ep.url, ep.pool, ep.models, str(ep.state), now - ep.since, ep.reason,
+            ep.weight(now) if routable else 0.0, ep.inflight, ep.requests, ep.errors, ep.ratio,
+            ep.warm_rounds)
+
+
+def replica_dict(row: ReplicaRow) -> dict[str, Any]:
+    (name, url, pool, models, state, since, reason, weight, inflight, requests, errors,
+     ratio, warm_rounds) = row
     return {
-        "name": ep.name,
-        "url": ep.url,
-        "pool": ep.pool,
-        "models": sorted(ep.models),
-        "state": str(ep.state),
-        "since_s": round(now - ep.since, 3),
-        "reason": ep.reason,
-        "weight": round(ep.weight(now), 4) if routable else 0.0,
-        "inflight": ep.inflight,
-        "requests": ep.requests,
-        "errors": ep.errors,
-        "latency_ratio": None if ep.ratio is None else round(ep.ratio, 3),
-        "warm_rounds": ep.warm_rounds,
+        "name": name,
+        "url": url,
+        "pool": pool,
+        "models": sorted(models),
+        "state": state,
+        "since_s": round(since, 3),
+        "reason": reason,
+        "weight": round(weight, 4),
+        "inflight": inflight,
+        "requests": requests,
+        "errors": errors,
+        "latency_ratio": None if ratio is None else round(ratio, 3),
+        "warm_rounds": warm_rounds,
     }
 
 
+def replica(ep: Endpoint, now: float, share: float) -> dict[str, Any]:
+    return replica_dict(replica_row(ep, now, share))
+
+
 def gateway(registry: Registry, bluegreen: BlueGreen, strategy: str) -> dict[str, Any]:
+    return build(capture(registry, bluegreen, strategy))
+
+
+def capture(registry: Registry, bluegreen: BlueGreen, strategy: str) -> dict[str, Any]:
+    """The status with the replicas as tuples (on the loop; see `build`)."""
     now = registry.clock.now()
     policy = registry.policy
+    share_of = policy.share
     pools = {
         name: {
             "share": policy.share(name),
@@ -60,10 +90,7 @@ def gateway(registry: Registry, bluegreen: BlueGreen, strategy: str) -> dict[str
             "cutover_in_progress": running.as_dict() if running else None,
         },
         "pools": pools,
-        "replicas": [
-            replica(ep, now, policy.share(ep.pool))
-            for ep in sorted(registry.endpoints.values(), key=lambda e: (e.pool, e.name))
-        ],
+        "replicas": [replica_row(ep, now, share_of(ep.pool)) for ep in registry.endpoints.values()],
         "cutovers": [r.as_dict() for r in reversed(bluegreen.history)][:20],
         "transitions": [
             {"replica": t.name, "from": str(t.frm), "to": str(t.to), "reason": t.reason,
@@ -71,6 +98,13 @@ def gateway(registry: Registry, bluegreen: BlueGreen, strategy: str) -> dict[str
             for t in list(registry.history)[-50:]
         ],
     }
+
+
+def build(captured: dict[str, Any]) -> dict[str, Any]:
+    """The status as JSON-able data (in a worker thread: O(replicas) of formatting)."""
+    rows: list[ReplicaRow] = captured["replicas"]
+    rows.sort(key=lambda r: (r[2], r[0]))
+    return {**captured, "replicas": [replica_dict(r) for r in rows]}
 
 
 def _bucket_range(bucket: int) -> list[int]:
