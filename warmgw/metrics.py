@@ -34,6 +34,8 @@ from prometheus_client.registry import Collector
 
 from warmgw.core.bluegreen import BlueGreen
 from warmgw.core.lifecycle import ROUTABLE, State
+from warmgw.core.model import EndpointSpec
+from warmgw.core.policy import TrafficPolicy
 from warmgw.core.registry import Registry
 from warmgw.core.routing import Router
 from warmgw.core.telemetry import Histogram
@@ -76,8 +78,9 @@ class Captured:
     requests: list[tuple[tuple[str, str, str, int], int]]
     ttfb: list[HistRow]
     duration: list[HistRow]
-    # (pool, name, inflight, state, weight, ratio or None, waiting or None, kv or None)
-    replicas: list[tuple[str, str, int, str, float, float | None, float | None, float | None]]
+    # (spec, inflight, state, weight if routable, ratio or None, the vLLM gauges last read)
+    replicas: list[tuple[EndpointSpec, int, State, float, float | None, dict[str, float]]]
+    policy: TrafficPolicy
     transitions: list[Row]
     warmups: list[Row]
     warmup_requests: int
@@ -86,7 +89,7 @@ class Captured:
     cold_hits: list[Row]
     coverage: float | None
     profile_shapes: int
-    shares: list[Row]
+    pools: frozenset[str]
     cutovers: list[Row]
     cutover_in_progress: bool
 
@@ -110,22 +113,21 @@ class GatewayCollector:
         policy = reg.policy
         sup = self.warmups
         stats = self.router.stats
-        share = policy.share
         engine = sup.engine
-        replicas = []
-        for ep in reg.endpoints.values():
-            routable = ep.state in ROUTABLE and share(ep.pool) > 0
-            g = engine(ep.name)
-            replicas.append((ep.pool, ep.name, ep.inflight, ep.state.value,
-                             ep.weight(now) if routable else 0.0, ep.ratio,
-                             g.get("num_requests_waiting"), g.get("kv_cache_usage_perc")))
+        # per replica only immutable values (the spec, the state, the gauges' dict, which
+        # is replaced, never changed); the weight is read here (a ramp moves)
+        replicas = [
+            (ep.spec, ep.inflight, ep.state,
+             ep.weight(now) if ep.state in ROUTABLE else 0.0, ep.ratio, engine(ep.spec.name))
+            for ep in reg.endpoints.values()
+        ]
         bg = self.bluegreen
-        pools = set(bg.pools()) | {p for p, _ in policy.shares}
         return Captured(
             requests=list(stats.requests.items()),
             ttfb=[_hist((p,), h) for p, h in stats.ttfb.items()],
             duration=[_hist((p,), h) for p, h in stats.duration.items()],
             replicas=replicas,
+            policy=policy,
             transitions=[((s.value,), n) for s, n in reg.transitions_total.items()],
             warmups=[((o,), n) for o, n in sup.warmups.items()],
             warmup_requests=sup.requests_sent,
@@ -134,7 +136,7 @@ class GatewayCollector:
             cold_hits=[(k, n) for k, n in sorted(self.router.cold_hits.items())],
             coverage=self.router.coverage.ratio(now),
             profile_shapes=len(self.router.profile.shapes),
-            shares=[((p,), share(p)) for p in sorted(pools)],
+            pools=frozenset(p for p, _ in policy.shares) | {r[0].pool for r in replicas},
             cutovers=[((o,), bg.outcomes.get(o, 0)) for o in ("done", "aborted")],
             cutover_in_progress=bg.in_progress is not None,
         )
@@ -176,19 +178,20 @@ def families(c: Captured) -> Iterator[Metric]:
     kv = GaugeMetricFamily("warmgw_replica_vllm_kv_cache_usage_ratio",
                            "vllm:kv_cache_usage_perc (0-1) as last scraped from the replica.",
                            labels=["pool", "replica"])
-    states = [s.value for s in State]
-    for pool, name, n_inflight, st, w, r, q, k in c.replicas:
+    share = c.policy.share
+    for spec, n_inflight, st, w, r, g in c.replicas:
+        pool, name = spec.pool, spec.name
         labels = [pool, name]
         inflight.add_metric(labels, n_inflight)
-        for s in states:
-            state.add_metric([pool, name, s], 1.0 if st == s else 0.0)
-        weight.add_metric(labels, w)
+        for s in State:
+            state.add_metric([pool, name, s.value], 1.0 if st is s else 0.0)
+        weight.add_metric(labels, w if share(pool) > 0 else 0.0)
         if r is not None:
             ratio.add_metric(labels, r)
-        if q is not None:
-            waiting.add_metric(labels, q)
-        if k is not None:
-            kv.add_metric(labels, k)
+        if "num_requests_waiting" in g:
+            waiting.add_metric(labels, g["num_requests_waiting"])
+        if "kv_cache_usage_perc" in g:
+            kv.add_metric(labels, g["kv_cache_usage_perc"])
     yield from (inflight, state, weight, ratio, waiting, kv)
 
     yield _counter("warmgw_replica_transitions", "Lifecycle transitions, by the state entered.",
@@ -216,11 +219,11 @@ def families(c: Captured) -> Iterator[Metric]:
     yield GaugeMetricFamily("warmgw_profile_shapes",
                             "Feature-shapes in the learned traffic profile.",
                             value=c.profile_shapes)
-    share = GaugeMetricFamily("warmgw_pool_share", "Share of new requests per pool.",
+    pool_share = GaugeMetricFamily("warmgw_pool_share", "Share of new requests per pool.",
                               labels=["pool"])
-    for pool_label, v in c.shares:
-        share.add_metric(list(pool_label), v)
-    yield share
+    for p in sorted(c.pools):
+        pool_share.add_metric([p], c.policy.share(p))
+    yield pool_share
     yield _counter("warmgw_cutovers", "Cutovers finished, by outcome.", ["outcome"],
                    c.cutovers)
     yield GaugeMetricFamily("warmgw_cutover_in_progress",

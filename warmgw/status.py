@@ -13,39 +13,40 @@ import json
 import math
 from typing import Any
 
-from warmgw.core.bluegreen import BlueGreen
-from warmgw.core.lifecycle import ROUTABLE
-from warmgw.core.model import Endpoint
+from warmgw.core.bluegreen import BlueGreen, pool_counts
+from warmgw.core.lifecycle import ROUTABLE, State
+from warmgw.core.model import Endpoint, EndpointSpec
+from warmgw.core.policy import TrafficPolicy
 from warmgw.core.profile import Learned
 from warmgw.core.registry import Registry
 from warmgw.core.routing import Router
 from warmgw.core.shapes import ShapeKey
 
-# name, url, pool, models, state, since_s, reason, weight, inflight, requests, errors, ratio,
-# warm_rounds
-ReplicaRow = tuple[str, str, str, frozenset[str], str, float, str, float, int, int, int,
+# spec, url, models, state, since_s, reason, weight (0 when not routable), inflight, requests,
+# errors, ratio, warm_rounds: immutable values, read off the loop
+ReplicaRow = tuple[EndpointSpec, str, frozenset[str], State, float, str, float, int, int, int,
                    float | None, int]
 
 
-def replica_row(ep: Endpoint, now: float, share: float) -> ReplicaRow:
-    routable = ep.state in ROUTABLE and share > 0.0
-    return (ep.name, ep.url, ep.pool, ep.models, str(ep.state), now - ep.since, ep.reason,
-            ep.weight(now) if routable else 0.0, ep.inflight, ep.requests, ep.errors, ep.ratio,
-            ep.warm_rounds)
+def replica_row(ep: Endpoint, now: float) -> ReplicaRow:
+    state = ep.state
+    return (ep.spec, ep.url, ep.models, state, now - ep.since, ep.reason,
+            ep.weight(now) if state in ROUTABLE else 0.0, ep.inflight, ep.requests, ep.errors,
+            ep.ratio, ep.warm_rounds)
 
 
-def replica_dict(row: ReplicaRow) -> dict[str, Any]:
-    (name, url, pool, models, state, since, reason, weight, inflight, requests, errors,
+def replica_dict(row: ReplicaRow, share: float) -> dict[str, Any]:
+    (spec, url, models, state, since, reason, weight, inflight, requests, errors,
      ratio, warm_rounds) = row
     return {
-        "name": name,
+        "name": spec.name,
         "url": url,
-        "pool": pool,
+        "pool": spec.pool,
         "models": sorted(models),
-        "state": state,
+        "state": str(state),
         "since_s": round(since, 3),
         "reason": reason,
-        "weight": round(weight, 4),
+        "weight": round(weight, 4) if share > 0.0 else 0.0,
         "inflight": inflight,
         "requests": requests,
         "errors": errors,
@@ -55,7 +56,7 @@ def replica_dict(row: ReplicaRow) -> dict[str, Any]:
 
 
 def replica(ep: Endpoint, now: float, share: float) -> dict[str, Any]:
-    return replica_dict(replica_row(ep, now, share))
+    return replica_dict(replica_row(ep, now), share)
 
 
 def gateway(registry: Registry, bluegreen: BlueGreen, strategy: str) -> dict[str, Any]:
@@ -63,34 +64,19 @@ def gateway(registry: Registry, bluegreen: BlueGreen, strategy: str) -> dict[str
 
 
 def capture(registry: Registry, bluegreen: BlueGreen, strategy: str) -> dict[str, Any]:
-    """The status with the replicas as tuples (on the loop; see `build`)."""
+    """The status with the replicas as tuples of immutable values (on the loop: one pass,
+    no formatting; see `build`)."""
     now = registry.clock.now()
-    policy = registry.policy
-    share_of = policy.share
-    pools = {
-        name: {
-            "share": policy.share(name),
-            "replicas": c.total,
-            "warm": c.warm,
-            "ready": c.ready,
-            "inflight": c.inflight,
-        }
-        for name, c in sorted(bluegreen.pools().items())
-    }
-    for name, share in policy.shares:
-        pools.setdefault(name, {"share": share, "replicas": 0, "warm": 0, "ready": 0,
-                                "inflight": 0})
     running = bluegreen.in_progress
     return {
         "strategy": strategy,
         "policy": {
             "active": bluegreen.active,
             "previous": bluegreen.previous,
-            "shares": policy.as_dict(),
+            "shares": registry.policy,  # frozen: made a dict by build
             "cutover_in_progress": running.as_dict() if running else None,
         },
-        "pools": pools,
-        "replicas": [replica_row(ep, now, share_of(ep.pool)) for ep in registry.endpoints.values()],
+        "replicas": [replica_row(ep, now) for ep in registry.endpoints.values()],
         "cutovers": [r.as_dict() for r in reversed(bluegreen.history)][:20],
         "transitions": [
             {"replica": t.name, "from": str(t.frm), "to": str(t.to), "reason": t.reason,
@@ -102,9 +88,23 @@ def capture(registry: Registry, bluegreen: BlueGreen, strategy: str) -> dict[str
 
 def build(captured: dict[str, Any]) -> dict[str, Any]:
     """The status as JSON-able data (in a worker thread: O(replicas) of formatting)."""
+    policy: TrafficPolicy = captured["policy"]["shares"]
     rows: list[ReplicaRow] = captured["replicas"]
-    rows.sort(key=lambda r: (r[2], r[0]))
-    return {**captured, "replicas": [replica_dict(r) for r in rows]}
+    rows.sort(key=lambda r: (r[0].pool, r[0].name))
+    pools = {
+        name: {"share": policy.share(name), "replicas": c.total, "warm": c.warm,
+               "ready": c.ready, "inflight": c.inflight}
+        for name, c in sorted(pool_counts((r[0].pool, r[3], r[7]) for r in rows).items())
+    }
+    for name, share in policy.shares:
+        pools.setdefault(name, {"share": share, "replicas": 0, "warm": 0, "ready": 0,
+                                "inflight": 0})
+    return {
+        **captured,
+        "policy": {**captured["policy"], "shares": policy.as_dict()},
+        "pools": pools,
+        "replicas": [replica_dict(r, policy.share(r[0].pool)) for r in rows],
+    }
 
 
 def _bucket_range(bucket: int) -> list[int]:
