@@ -37,11 +37,12 @@ class LoopSteps:
         self._handle: Any = None
         self._saved: Callable[[Any], None] | None = None
 
-    def seen(self, seconds: float, handle: object) -> None:
+    def seen(self, seconds: float, callback: object, args: tuple[Any, ...] | None = None
+             ) -> None:
         self.steps += 1
         if seconds > self.max_s:
             self.max_s = seconds
-            self.what = describe(handle)
+            self.what = describe(callback, args)
 
     def take(self) -> tuple[float, str]:
         """The longest step since the last take (and what ran), starting over."""
@@ -59,11 +60,12 @@ class LoopSteps:
         seen = self.seen
 
         def _run(handle: Any) -> None:
+            callback, args = handle._callback, handle._args  # cleared if cancelled meanwhile
             t0 = clock()
             try:
                 original(handle)
             finally:
-                seen(clock() - t0, handle)
+                seen(clock() - t0, callback, args)
 
         self._saved = original
         handle_cls._run = _run
@@ -75,11 +77,18 @@ class LoopSteps:
             self._saved = None
 
 
-def describe(handle: object) -> str:
-    """What a handle ran, briefly: the task's coroutine, or the callback's name."""
-    cb = getattr(handle, "_callback", None)
+def describe(cb: object, args: tuple[Any, ...] | None = None) -> str:
+    """What a callback was, briefly: the task's coroutine, or the callback's name (with
+    the method an aiohttp weakref timer calls)."""
     owner = getattr(cb, "__self__", None)
     if isinstance(owner, asyncio.Task):
         coro = owner.get_coro()
-        return f"task {getattr(coro, '__qualname__', owner.get_name())}"[:120]
-    return str(getattr(cb, "__qualname__", type(cb).__name__))[:120]
+        frame = getattr(coro, "cr_frame", None)
+        where = f" at line {frame.f_lineno}" if frame is not None else ""
+        return f"task {getattr(coro, '__qualname__', owner.get_name())}{where}"[:120]
+    name = str(getattr(cb, "__qualname__", type(cb).__name__))
+    if name == "_weakref_handle" and args and isinstance(args[0], tuple) and len(args[0]) == 2:
+        ref, method = args[0]
+        target = ref() if callable(ref) else None
+        name = f"{name} {type(target).__name__}.{method}"
+    return name[:120]

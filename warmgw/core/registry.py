@@ -63,6 +63,23 @@ class Transition:
     url: str = field(default="", compare=False)  # where the replica was, for the edges
 
 
+class _Members:
+    """The routable replicas of one pool for one model: at full weight, and ramping."""
+
+    __slots__ = ("full", "ramping")
+
+    def __init__(self) -> None:
+        self.full: dict[str, Endpoint] = {}
+        self.ramping: dict[str, Endpoint] = {}
+
+    def put(self, ep: Endpoint) -> None:
+        (self.full if ep.ramp is None else self.ramping)[ep.name] = ep
+
+    def discard(self, name: str) -> None:
+        self.full.pop(name, None)
+        self.ramping.pop(name, None)
+
+
 class UnknownEndpoint(KeyError):
     def __str__(self) -> str:
         return f"no replica named {self.args[0]!r}"
@@ -81,6 +98,15 @@ class Registry:
         self.transitions_total: dict[State, int] = {}
         self._version = 0
         self._snapshot: Snapshot | None = None
+        # the routable set, kept as replicas move, so that a snapshot is rebuilt per model
+        # changed, from members already sorted, not from a scan of every replica
+        self._members: dict[str, dict[str, _Members]] = {}  # model -> pool -> members
+        self._indexed: dict[str, tuple[frozenset[str], str]] = {}  # name -> (models, pool)
+        self._model_refs: dict[str, int] = {}  # model -> replicas (any state) listing it
+        self._listed: dict[str, frozenset[str]] = {}  # name -> the models counted for it
+        self._routes: dict[str, Route] = {}
+        self._dirty: set[str] = set()  # models whose route is to be rebuilt
+        self._all_dirty = False  # shares changed: every route
 
     def subscribe(self) -> Inbox[Transition]:
         """An inbox of every transition from now on (see core.events)."""
@@ -102,28 +128,68 @@ class Registry:
         return ep
 
     def _build(self) -> Snapshot:
+        """The next snapshot: the previous one's routes, with those of the models whose
+        routable set changed rebuilt from the members kept (O(changed models x their
+        replicas), copying tuples, not scanning the fleet)."""
         self._version += 1
-        by_model: dict[str, dict[str, list[Endpoint]]] = {}
-        known: set[str] = set()
-        for ep in self.endpoints.values():
-            known.update(ep.models)
-            if ep.state not in ROUTABLE:
-                continue
-            for m in ep.models:
-                by_model.setdefault(m, {}).setdefault(ep.pool, []).append(ep)
-        routes: dict[str, Route] = {}
-        for model, pools in by_model.items():
-            groups = tuple(
-                Group(pool, self.policy.share(pool), tuple(eps))
-                for pool, eps in sorted(pools.items())
-                if self.policy.share(pool) > 0.0
-            )
-            if groups:
-                routes[model] = Route(groups, sum(g.share for g in groups))
-        return Snapshot(self._version, routes, frozenset(known))
+        dirty = self._dirty
+        if self._all_dirty:
+            dirty = set(self._members) | set(self._routes)
+            self._all_dirty = False
+        self._dirty = set()
+        if dirty:
+            routes = dict(self._routes)  # the previous snapshot's dict stays as it was
+            share = self.policy.share
+            for model in dirty:
+                groups = tuple(
+                    Group.of(pool, share(pool), tuple(m.full.values()), tuple(m.ramping.values()))
+                    for pool, m in sorted(self._members.get(model, {}).items())
+                    if (m.full or m.ramping) and share(pool) > 0.0
+                )
+                if groups:
+                    routes[model] = Route(groups, sum(g.share for g in groups))
+                else:
+                    routes.pop(model, None)
+            self._routes = routes
+        return Snapshot(self._version, self._routes, frozenset(self._model_refs))
 
-    def _changed(self) -> None:
+    def _changed(self, ep: Endpoint | None = None) -> None:
+        """The snapshot is stale; with ep: that replica's place in the routable set and
+        its models are looked at again (call after any change of its state, models or pool);
+        without: every route (the shares changed)."""
         self._snapshot = None
+        if ep is None:
+            self._all_dirty = True
+            return
+        name = ep.name
+        live = ep.state is not State.GONE and self.endpoints.get(name) is ep
+        old = self._indexed.pop(name, None)
+        if old is not None:
+            for model in old[0]:
+                self._members[model][old[1]].discard(name)
+                self._dirty.add(model)
+        if live and ep.state in ROUTABLE:
+            key = (ep.models, ep.pool)
+            for model in ep.models:
+                members = self._members.setdefault(model, {})
+                m = members.get(ep.pool)
+                if m is None:
+                    m = members[ep.pool] = _Members()
+                m.put(ep)
+                self._dirty.add(model)
+            self._indexed[name] = key
+        listed = self._listed.pop(name, None)
+        if listed is not None:
+            for model in listed:
+                n = self._model_refs[model] - 1
+                if n:
+                    self._model_refs[model] = n
+                else:
+                    del self._model_refs[model]
+        if live:
+            self._listed[name] = ep.models
+            for model in ep.models:
+                self._model_refs[model] = self._model_refs.get(model, 0) + 1
 
     # -- moving ------------------------------------------------------------------------
 
@@ -138,8 +204,8 @@ class Registry:
             ep.ramp = None
         if to is State.READY:
             ep.ejections = 0  # backoff starts over once it proved itself
-        if frm in ROUTABLE or to in ROUTABLE or to is State.GONE:
-            self._changed()
+        if frm in ROUTABLE or to in ROUTABLE or to is State.GONE or frm is State.DISCOVERED:
+            self._changed(ep)
         t = Transition(ep.name, frm, to, reason, now, ep.url)
         self.history.append(t)
         self.transitions_total[to] = self.transitions_total.get(to, 0) + 1
@@ -154,7 +220,6 @@ class Registry:
         ep = self.endpoints.get(spec.name)
         if ep is None or ep.state is State.GONE:
             ep = self.endpoints[spec.name] = Endpoint(spec, self.clock.now())
-            self._changed()
             self._move(ep, State.PROBING, "discovered")
             return ep
         if ep.removed:
@@ -194,7 +259,7 @@ class Registry:
         ep.url = spec.url.rstrip("/")
         if spec.model:
             ep.models = frozenset({spec.model})
-        self._changed()
+        self._changed(ep)
         if moved and ep.state not in (State.PROBING, State.DRAINING):
             self.eject(ep, "address changed", cold=True)
 
@@ -207,7 +272,7 @@ class Registry:
             return
         if not ep.spec.model and models != ep.models:
             ep.models = models
-            self._changed()  # known_models changes: 503 (warming) rather than 404
+            self._changed(ep)  # known_models changes: 503 (warming) rather than 404
         ep.adapters = adapters & ep.models
         ep.max_model_len = max_model_len
         ep.start_marker = marker
