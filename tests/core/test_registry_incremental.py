@@ -39,7 +39,7 @@ def seen(snap: Snapshot) -> tuple[dict[str, dict[str, tuple[set[str], set[str]]]
         m: {g.pool: ({e.name for e in g.full}, {e.name for e in g.ramping}) for g in r.groups}
         for m, r in snap.routes.items()
     }
-    for m, r in snap.routes.items():
+    for r in snap.routes.values():
         for g in r.groups:
             assert list(g.endpoints) == [*g.full, *g.ramping] and g.uniform == (not g.ramping)
         assert r.total_share == pytest.approx(sum(g.share for g in r.groups))
