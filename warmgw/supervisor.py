@@ -21,7 +21,7 @@ from warmgw.core.profile import ProfileParams, TrafficProfile
 from warmgw.core.registry import Registry, Transition
 from warmgw.core.spread import slice_count, slices
 from warmgw.core.telemetry import Histogram
-from warmgw.core.warm import OnDeadline, WarmProfile, WarmShape, adapter_shapes, learned_shapes
+from warmgw.core.warm import OnDeadline, WarmProfile, WarmShape, extra_shapes
 from warmgw.probe import (
     Probe,
     ProbeFailed,
@@ -297,25 +297,11 @@ class Supervisor:
         return False
 
     def _extra_shapes(self, ep: Endpoint) -> list[WarmShape]:
-        """Beyond the grid: the shapes users send to this replica's models (most used
-        first), then the adapters it lists that those do not name; adapters at most as
-        many as it holds at once (max_lora), most used first, so warming evicts none."""
         p = self.profile
-        limit, mt = p.limit(ep.max_model_len), min(p.max_tokens)
         top = self.traffic.top(self.clock.now(), ep.models) if p.learned else []
-        used: dict[str, float] = {}
-        for key, _, share in top:
-            used[key.model] = used.get(key.model, 0.0) + share
         lora = self.engine(ep.name).get("max_lora")
-        max_lora = int(lora) if lora is not None else None
-        adapters = sorted(ep.adapters, key=lambda a: (-used.get(a, 0.0), a))
-        allowed = set(adapters[:max_lora] if max_lora is not None else adapters)
-        top = [row for row in top if row[0].model not in ep.adapters or row[0].model in allowed]
-        extra = learned_shapes(top, limit, mt, p.learned_requests)
-        if p.adapters and ep.adapters:
-            named = {s.model for s in extra if s.model in ep.adapters}
-            extra += adapter_shapes(adapters, used, named, max_lora, p.kinds[0], mt)
-        return extra
+        return extra_shapes(p, top, ep.adapters, ep.max_model_len,
+                            int(lora) if lora is not None else None)
 
     def _count(self, outcome: str, started: float) -> None:
         self.warmups[outcome] = self.warmups.get(outcome, 0) + 1

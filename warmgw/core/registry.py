@@ -20,9 +20,10 @@ from enum import StrEnum
 from warmgw.core.clock import Clock
 from warmgw.core.events import Feed, Inbox
 from warmgw.core.lifecycle import ROUTABLE, State, check
-from warmgw.core.model import Endpoint, EndpointSpec, Group, Route, Snapshot
+from warmgw.core.model import Endpoint, EndpointSpec, Snapshot
 from warmgw.core.policy import TrafficPolicy
 from warmgw.core.ramp import LatencyRamp, RampParams, SlowStart, SlowStartParams
+from warmgw.core.routable import RoutableSet
 from warmgw.core.shapes import ShapeKey
 from warmgw.core.stats import FleetBaseline, FleetParams
 
@@ -63,23 +64,6 @@ class Transition:
     url: str = field(default="", compare=False)  # where the replica was, for the edges
 
 
-class _Members:
-    """The routable replicas of one pool for one model: at full weight, and ramping."""
-
-    __slots__ = ("full", "ramping")
-
-    def __init__(self) -> None:
-        self.full: dict[str, Endpoint] = {}
-        self.ramping: dict[str, Endpoint] = {}
-
-    def put(self, ep: Endpoint) -> None:
-        (self.full if ep.ramp is None else self.ramping)[ep.name] = ep
-
-    def discard(self, name: str) -> None:
-        self.full.pop(name, None)
-        self.ramping.pop(name, None)
-
-
 class UnknownEndpoint(KeyError):
     def __str__(self) -> str:
         return f"no replica named {self.args[0]!r}"
@@ -98,15 +82,7 @@ class Registry:
         self.transitions_total: dict[State, int] = {}
         self._version = 0
         self._snapshot: Snapshot | None = None
-        # the routable set, kept as replicas move, so that a snapshot is rebuilt per model
-        # changed, from members already sorted, not from a scan of every replica
-        self._members: dict[str, dict[str, _Members]] = {}  # model -> pool -> members
-        self._indexed: dict[str, tuple[frozenset[str], str]] = {}  # name -> (models, pool)
-        self._model_refs: dict[str, int] = {}  # model -> replicas (any state) listing it
-        self._listed: dict[str, frozenset[str]] = {}  # name -> the models counted for it
-        self._routes: dict[str, Route] = {}
-        self._dirty: set[str] = set()  # models whose route is to be rebuilt
-        self._all_dirty = False  # shares changed: every route
+        self._routable = RoutableSet()
 
     def subscribe(self) -> Inbox[Transition]:
         """An inbox of every transition from now on (see core.events)."""
@@ -128,30 +104,8 @@ class Registry:
         return ep
 
     def _build(self) -> Snapshot:
-        """The next snapshot: the previous one's routes, with those of the models whose
-        routable set changed rebuilt from the members kept (O(changed models x their
-        replicas), copying tuples, not scanning the fleet)."""
         self._version += 1
-        dirty = self._dirty
-        if self._all_dirty:
-            dirty = set(self._members) | set(self._routes)
-            self._all_dirty = False
-        self._dirty = set()
-        if dirty:
-            routes = dict(self._routes)  # the previous snapshot's dict stays as it was
-            share = self.policy.share
-            for model in dirty:
-                groups = tuple(
-                    Group.of(pool, share(pool), tuple(m.full.values()), tuple(m.ramping.values()))
-                    for pool, m in sorted(self._members.get(model, {}).items())
-                    if (m.full or m.ramping) and share(pool) > 0.0
-                )
-                if groups:
-                    routes[model] = Route(groups, sum(g.share for g in groups))
-                else:
-                    routes.pop(model, None)
-            self._routes = routes
-        return Snapshot(self._version, self._routes, frozenset(self._model_refs))
+        return self._routable.snapshot(self._version, self.policy)
 
     def _changed(self, ep: Endpoint | None = None) -> None:
         """The snapshot is stale; with ep: that replica's place in the routable set and
@@ -159,37 +113,10 @@ class Registry:
         without: every route (the shares changed)."""
         self._snapshot = None
         if ep is None:
-            self._all_dirty = True
-            return
-        name = ep.name
-        live = ep.state is not State.GONE and self.endpoints.get(name) is ep
-        old = self._indexed.pop(name, None)
-        if old is not None:
-            for model in old[0]:
-                self._members[model][old[1]].discard(name)
-                self._dirty.add(model)
-        if live and ep.state in ROUTABLE:
-            key = (ep.models, ep.pool)
-            for model in ep.models:
-                members = self._members.setdefault(model, {})
-                m = members.get(ep.pool)
-                if m is None:
-                    m = members[ep.pool] = _Members()
-                m.put(ep)
-                self._dirty.add(model)
-            self._indexed[name] = key
-        listed = self._listed.pop(name, None)
-        if listed is not None:
-            for model in listed:
-                n = self._model_refs[model] - 1
-                if n:
-                    self._model_refs[model] = n
-                else:
-                    del self._model_refs[model]
-        if live:
-            self._listed[name] = ep.models
-            for model in ep.models:
-                self._model_refs[model] = self._model_refs.get(model, 0) + 1
+            self._routable.all_changed()
+        else:
+            live = ep.state is not State.GONE and self.endpoints.get(ep.name) is ep
+            self._routable.update(ep, live)
 
     # -- moving ------------------------------------------------------------------------
 
