@@ -113,7 +113,7 @@ class Group:
         """A group from its members already split (the registry keeps them so)."""
         g = cls.__new__(cls)
         g.pool, g.share, g.full, g.ramping = pool, share, full, ramping
-        g.endpoints = full + ramping
+        g.endpoints = full + ramping if ramping else full
         g.uniform = not ramping
         return g
 
