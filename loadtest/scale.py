@@ -36,7 +36,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -54,8 +53,11 @@ from loadtest.procs import (
     host_cpu,
     run_main,
 )
+from loadtest.scale_watch import Watcher
+from loadtest.scale_watch import get as _get
 from loadtest.stats import Run
 from loadtest.targets import TINY_WARMUP
+from warmgw import loopsteps
 from warmgw.fdlimit import raise_open_files_limit
 
 REPO = Path(__file__).resolve().parent.parent
@@ -86,6 +88,8 @@ class Options:
     profile: bool = False  # the gateway under cProfile: figures not comparable
     src: Path | None = None  # run the warmgw package of this source tree instead
     health_interval: float | None = None  # the gateway's health.interval; None: its default
+    loop_steps: bool = True  # time each loop step (the gateway then runs on asyncio's loop)
+    watch_every: float = 1.0  # s between /metrics scrapes and status reads under load
     gateway: bool = True  # part A
     core: scale_core.CoreOptions | None = field(default_factory=scale_core.CoreOptions)
     out: Path = RESULTS / "scale.json"
@@ -101,7 +105,7 @@ class Options:
 
 QUICK: dict[str, Any] = {
     "rounds": 1, "requests": 150, "idle": 1.0, "settle": 0.3, "time_limit": 45.0,
-    "run_limit": 10.0, "ready_timeout": 30.0,
+    "run_limit": 10.0, "ready_timeout": 30.0, "watch_every": 0.3,
     "core": scale_core.CoreOptions(rounds=1, picks=5000, ops=30),
 }
 
@@ -127,6 +131,9 @@ def parse_args(argv: list[str] | None) -> Options:
     p.add_argument("--health-interval", type=float, metavar="S",
                    help="the gateway's health.interval (default: the gateway's own, 1 s); "
                         "e.g. 3600 to see the fleet without its health checks")
+    p.add_argument("--no-loop-steps", action="store_true",
+                   help="run the gateway on uvloop, its loop steps untimed (by default "
+                        "WARMGW_LOOP_STEPS=1: asyncio's loop, each step's thread CPU timed)")
     p.add_argument("--no-gateway", action="store_true", help="skip part A")
     p.add_argument("--no-core", action="store_true", help="skip part B")
     p.add_argument("--out", type=Path, default=RESULTS / "scale.json")
@@ -145,6 +152,7 @@ def parse_args(argv: list[str] | None) -> Options:
         opts, fleets=fleets, concurrency=a.concurrency, addressing=a.addressing,
         warm_concurrent=a.warm_concurrent, profile=a.profile, gateway=not a.no_gateway,
         src=a.src.resolve() if a.src else None, health_interval=a.health_interval,
+        loop_steps=not a.no_loop_steps,
         core=None if a.no_core else replace(opts.core or scale_core.CoreOptions(),
                                             fleets=fleets),
         out=a.out, **{k: v for k, v in given.items() if v is not None},
@@ -201,7 +209,11 @@ def start_stack(kids: Children, n: int, opts: Options, rnd: int) -> Stack:
     if opts.profile:
         prof = opts.out.with_name(f"gateway-{n}-r{rnd}.prof")
         wrap = ["-m", "cProfile", "-o", str(prof)]
-    env = None if opts.src is None else {**os.environ, "PYTHONPATH": str(opts.src)}
+    env = dict(os.environ)
+    if opts.src is not None:
+        env["PYTHONPATH"] = str(opts.src)
+    if opts.loop_steps:
+        env[loopsteps.ENV] = "1"
     gw = kids.start(f"gateway-{n}",
                     [sys.executable, *wrap, "-m", "warmgw", "serve", "--config", str(path)],
                     env=env, cwd=opts.src or REPO, grace=30.0)
@@ -229,16 +241,6 @@ def _sim_urls(sim: Child, n: int, timeout: float) -> list[str]:
         if not sim.alive() or time.monotonic() > deadline:
             raise ChildFailed(f"simulator of {n} replicas: {len(found)} listening:\n{sim.tail()}")
         time.sleep(0.05)
-
-
-def _get(url: str, token: str | None = None, timeout: float = 30.0) -> tuple[bytes, float]:
-    """The body of a GET and the seconds it took."""
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    t0 = time.perf_counter()
-    with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
-                                timeout=timeout) as r:
-        body: bytes = r.read()
-    return body, time.perf_counter() - t0
 
 
 def _status(stack: Stack) -> tuple[dict[str, Any], float]:
@@ -306,7 +308,16 @@ def one_fleet(loadgen: LoadGen, kids: Children, n: int, opts: Options,
     time.sleep(opts.settle)
     idle = _idle(stack, opts.idle)
     targets = ["direct", "gateway"] if rnd % 2 == 0 else ["gateway", "direct"]
-    runs = [measure(loadgen, stack, t, share, opts, rnd) for t in targets]
+    runs, watched = [], {}
+    for t in targets:
+        if t != "gateway":
+            runs.append(measure(loadgen, stack, t, share, opts, rnd))
+            continue
+        watcher = Watcher(stack.url + "/metrics", stack.admin + "/admin/v1/status", stack.token,
+                          opts.watch_every)
+        with watcher:  # scraped and read while loaded; the loop's longest step meanwhile
+            runs.append(measure(loadgen, stack, t, share, opts, rnd))
+        watched = watcher.summary()
     metrics, metrics_s = _get(stack.url + "/metrics")
     status, status_s = _status(stack)
     m = _EJECTED.search(metrics)
@@ -319,6 +330,7 @@ def one_fleet(loadgen: LoadGen, kids: Children, n: int, opts: Options,
         "ejections": [f"{t['replica']}: {t['reason']}" for t in status.get("transitions", [])
                       if t.get("to") == "ejected"][:10],
         "gateway_fds": _fds(stack.gateway.pid),
+        **watched,
     }
 
 

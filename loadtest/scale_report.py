@@ -11,7 +11,8 @@ from loadtest.stats import Run, percentile, summarise_cell
 
 # figures compared with the first fleet size, as figure(N) / figure(first N)
 RATIOS = ("rps", "p50_ms", "p99_ms", "added_p50_ms", "added_p99_ms", "cpu_us_per_req",
-          "net_cpu_us_per_req", "idle_cores", "ready_s", "metrics_ms", "status_ms")
+          "net_cpu_us_per_req", "idle_cores", "ready_s", "metrics_ms", "status_ms",
+          "loop_max_ms", "metrics_load_ms", "status_load_ms")
 
 
 def with_ratios(rows: list[dict[str, Any]], figures: Sequence[str]) -> list[dict[str, Any]]:
@@ -120,6 +121,29 @@ def _row(n: int, cells: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "ejections": [e for c in cells for e in c.get("ejections", [])][:10],
         "ready_after": min(c["ready_after"] for c in cells),
         "per_round": {str(c["round"]): _per_round(c) for c in cells},
+        **_loop(cells),
+    }
+
+
+def _loop(cells: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Under load: the longest loop step of any round (and what ran), the scrape and status
+    times (median of the rounds' medians, and the slowest)."""
+    timed = [c for c in cells if c.get("loop_max_ms") is not None]
+    worst = max(timed, key=lambda c: c["loop_max_ms"]) if timed else None
+    watched = [c for c in cells if c.get("scrapes")]
+
+    def med(key: str) -> float | None:
+        return round(statistics.median(c[key] for c in watched), 1) if watched else None
+
+    return {
+        "loop_max_ms": worst["loop_max_ms"] if worst else None,
+        "loop_max_what": worst["loop_max_what"] if worst else "",
+        "loop_steps": sum(c.get("loop_steps", 0) for c in cells),
+        "metrics_load_ms": med("metrics_load_ms"),
+        "metrics_load_max_ms": max((c["metrics_load_max_ms"] for c in watched), default=None),
+        "status_load_ms": med("status_load_ms"),
+        "status_load_max_ms": max((c["status_load_max_ms"] for c in watched), default=None),
+        "scrapes": sum(c.get("scrapes", 0) for c in cells),
     }
 
 
@@ -178,6 +202,16 @@ PER_FLEET = (
     ("ejected", "ejected", "d", False),
 )
 
+PER_LOOP = (
+    ("N", "n", "d", False), ("longest loop step, ms CPU", "loop_max_ms", ".2f", True),
+    ("loop steps", "loop_steps", "d", False), ("scrapes", "scrapes", "d", False),
+    ("/metrics ms loaded", "metrics_load_ms", ".1f", True),
+    ("max", "metrics_load_max_ms", ".1f", False),
+    ("status ms loaded", "status_load_ms", ".1f", True),
+    ("max", "status_load_max_ms", ".1f", False),
+)
+LOOP_TARGET_MS = 5.0
+
 
 PER_CORE = (
     ("N", "n", ".0f", False), ("pick us, all ready", "pick_ready_us", ".2f", True),
@@ -210,6 +244,18 @@ def text(results: Mapping[str, Any]) -> str:
         out.append(_table(rows, PER_FLEET))
         out.append("idle: gateway CPU per second with no traffic (health checks, /metrics "
                    "reads); all READY: from the gateway's start until N replicas are READY")
+        if any(r.get("scrapes") for r in rows):
+            out.append("")
+            out.append(_table(rows, PER_LOOP))
+            out.append(f"under load, /metrics scraped and the admin status read every "
+                       f"{o.get('watch_every', 1.0):g} s; longest loop step: the thread CPU "
+                       f"time of the longest event-loop callback (WARMGW_LOOP_STEPS), target "
+                       f"< {LOOP_TARGET_MS:g} ms")
+            for r in rows:
+                if r.get("loop_max_ms") is not None:
+                    verdict = "ok" if r["loop_max_ms"] < LOOP_TARGET_MS else "OVER"
+                    out.append(f"  N={r['n']}: longest step {r['loop_max_ms']:.2f} ms "
+                               f"({r['loop_max_what']}) {verdict}")
     core = results.get("core")
     if core:
         c = core["options"]

@@ -45,6 +45,10 @@ def test_quick_run_measures_every_fleet_size_without_errors(tmp_path: Path) -> N
         assert r["gateway_fds"] > 0 and r["metrics_kib"] > 0 and r["ready_s"] > 0
         assert set(r["ratio"]) == set(scale_report.RATIOS)
         assert set(r["per_round"]) == {"0"} and len(r["net_cpu_us_per_req_ratio_rounds"]) == 1
+        # watched under load: scraped, status read, the loop's longest step timed
+        assert r["scrapes"] >= 1 and r["metrics_load_ms"] > 0 and r["status_load_ms"] > 0
+        assert r["loop_max_ms"] is not None and 0 < r["loop_max_ms"] < 1000
+        assert r["loop_steps"] > r["requests"] and r["loop_max_what"]
     assert rows[0]["ratio"]["rps"] == 1.0  # against the smallest fleet
     assert rows[0]["net_cpu_us_per_req_ratio_rounds"] == [1.0]
     assert rows[-1]["metrics_kib"] > rows[0]["metrics_kib"]  # a series per replica
@@ -57,6 +61,7 @@ def test_quick_run_measures_every_fleet_size_without_errors(tmp_path: Path) -> N
     for r in core:
         assert r["pick_ready_us"] > 0 and r["pick_churn_us"] > 0 and r["changes_per_s"] > 0
         assert r["endpoints"] >= r["n"] - 1  # churn kept the fleet's size
+        assert r["pod_event_us"] == pytest.approx(r["pod_apply_us"] + r["pod_snapshot_us"])
         assert set(r["ratio"]) == set(scale_report.CORE_RATIOS)
     assert descendants([os.getpid()]) == {os.getpid()}  # every child was stopped
 

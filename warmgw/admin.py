@@ -3,6 +3,7 @@ call authenticated with a bearer token (constant-time compare)."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -31,6 +32,10 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(
         status=status, text=json.dumps(data, indent=1) + "\n", content_type="application/json"
     )
+
+
+def _encode_status(captured: dict[str, Any]) -> str:
+    return json.dumps(status.build(captured), indent=1) + "\n"
 
 
 def _error(status: int, message: str, **details: Any) -> web.Response:
@@ -118,7 +123,10 @@ class Admin:
     # -- reading --------------------------------------------------------------------------
 
     async def status(self, request: web.Request) -> web.Response:
-        return _json(status.gateway(self.registry, self.bluegreen, self.strategy))
+        # copied on the loop, formatted and encoded in a worker thread (see warmgw.status)
+        captured = status.capture(self.registry, self.bluegreen, self.strategy)
+        text = await asyncio.to_thread(_encode_status, captured)
+        return web.Response(text=text, content_type="application/json")
 
     async def profile(self, request: web.Request) -> web.Response:
         """The learned traffic profile and the warmup's coverage; ?specs=1 adds the kept

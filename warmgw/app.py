@@ -37,6 +37,7 @@ from warmgw.discovery.static import StaticDiscovery
 from warmgw.epp.server import EndpointPicker
 from warmgw.h1.client import Pool
 from warmgw.listener import UserListener
+from warmgw.loopsteps import LoopSteps
 from warmgw.policy.configmap import ConfigMapStore
 from warmgw.policy.keeper import PolicyKeeper
 from warmgw.policy.stores import FileStore, MemoryStore, PolicyStore
@@ -89,6 +90,7 @@ class Gateway:
         clock: Clock | None = None,
         rng: random.Random | None = None,
         limits: ClientLimits | None = None,
+        loop_steps: LoopSteps | None = None,
     ) -> None:
         cfg = self.config = config
         self.limits = limits or cfg.clients
@@ -157,10 +159,10 @@ class Gateway:
         if self.kube is not None:
             reactions.append(self.kube.gate)
         self.replicas.react_with(reactions)
-        collectors = metrics.registry_for(
+        collectors = metrics.Scraper(
             metrics.GatewayCollector(self.registry, self.bluegreen, self.router,
                                      self.supervisor),
-            metrics.RuntimeCollector(lambda: self.client_connections),
+            metrics.RuntimeCollector(lambda: self.client_connections, loop_steps),
         )
         # the Envoy ext_proc front-end (config section epp), over the same router
         self.epp = EndpointPicker(self.router, up.max_body_bytes, cfg.epp.fallbacks

@@ -9,12 +9,14 @@ from warmgw import logs
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import asyncio
     import dataclasses
 
     import uvloop
 
     from warmgw.config import ConfigError, EppParams, load
     from warmgw.fdlimit import raise_open_files_limit
+    from warmgw.loopsteps import LoopSteps, wanted
     from warmgw.policy.codec import PolicyReadError
     from warmgw.serve import serve_forever
 
@@ -31,8 +33,13 @@ def _serve(args: argparse.Namespace) -> int:
             epp = dataclasses.replace(epp, port=args.port)
         config = dataclasses.replace(config, epp=epp)
     raise_open_files_limit()
+    steps = LoopSteps() if wanted() else None
     try:
-        uvloop.run(serve_forever(config))
+        if steps is None:
+            uvloop.run(serve_forever(config))
+        else:  # benchmarks: asyncio's loop, each step timed (warmgw.loopsteps)
+            steps.install()
+            asyncio.run(serve_forever(config, steps))
     except PolicyReadError as e:
         print(f"warmgw: {e}; fix or remove it (the policy is not guessed)", file=sys.stderr)
         return 2

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 
-from prometheus_client import CollectorRegistry
-
 from warmgw import metrics
 from warmgw.config import ClientLimits
 from warmgw.core.registry import Registry
@@ -17,11 +15,11 @@ TEXT = [(b"Content-Type", b"text/plain")]
 
 
 class UserListener:
-    def __init__(self, proxy: Proxy, registry: Registry, collectors: CollectorRegistry,
+    def __init__(self, proxy: Proxy, registry: Registry, scraper: metrics.Scraper,
                  limits: ClientLimits, max_body: int) -> None:
         self.proxy = proxy
         self.registry = registry
-        self.collectors = collectors
+        self.scraper = scraper
         self.server = Server(self.dispatch, limits, max_body)
 
     async def listen(self, host: str, port: int) -> int:
@@ -35,7 +33,7 @@ class UserListener:
         if path.startswith("/v1/"):
             await self.proxy.handle(req)
         elif path == "/metrics" and req.method == "GET":
-            body = metrics.render(self.collectors)
+            body = await self.scraper.render()  # built off the loop
             req.conn.respond(200, [(b"Content-Type", metrics.CONTENT_TYPE.encode())], body)
         elif path == "/healthz" and req.method == "GET":
             req.conn.respond(200, [(b"Content-Type", b"text/plain; charset=utf-8")], b"ok\n")

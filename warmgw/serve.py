@@ -9,12 +9,13 @@ import signal
 
 from warmgw.app import Gateway
 from warmgw.config import Config, ConfigError
+from warmgw.loopsteps import LoopSteps
 
 log = logging.getLogger("warmgw")
 
 
-async def serve_forever(config: Config) -> None:
-    gw = Gateway(config)
+async def serve_forever(config: Config, loop_steps: LoopSteps | None = None) -> None:
+    gw = Gateway(config, loop_steps=loop_steps)
     await gw.start()  # on failure (e.g. an unreadable state file) it closes what it opened
     gc.freeze()  # what start-up built lives for good: keep it out of every collection
     gc.set_threshold(50_000, 20, 20)  # fewer young collections on the request path

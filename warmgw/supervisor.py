@@ -6,7 +6,9 @@ here, created on start and cancelled and awaited on stop."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import aiohttp
@@ -17,8 +19,9 @@ from warmgw.core.lifecycle import State
 from warmgw.core.model import Endpoint
 from warmgw.core.profile import ProfileParams, TrafficProfile
 from warmgw.core.registry import Registry, Transition
+from warmgw.core.spread import slice_count, slices
 from warmgw.core.telemetry import Histogram
-from warmgw.core.warm import OnDeadline, WarmProfile, WarmShape, adapter_shapes, learned_shapes
+from warmgw.core.warm import OnDeadline, WarmProfile, WarmShape, extra_shapes
 from warmgw.probe import (
     Probe,
     ProbeFailed,
@@ -34,6 +37,7 @@ from warmgw.warmup import Warmer, WarmupFailed
 
 log = logging.getLogger("warmgw.lifecycle")
 
+WATCHED = frozenset({State.RAMPING, State.READY, State.WARMING})  # health-checked
 WARMUP_BUCKETS = (1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
 
@@ -59,7 +63,9 @@ class Supervisor:
         clock: Clock,
         coordinator: WarmCoordinator | None = None,
         traffic: TrafficProfile | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
+        self._sleep = sleep  # injected: tests walk the health loop on a fake clock
         self.coordinator = coordinator
         self.traffic = traffic or TrafficProfile(ProfileParams())  # what users send
         self.registry = registry
@@ -73,6 +79,7 @@ class Supervisor:
         self._warm_slots = Slots(profile.max_concurrent)
         self.warmups: dict[str, int] = {}  # outcome -> count
         self.warmup_seconds = Histogram(WARMUP_BUCKETS)
+        self._checking: dict[str, asyncio.Task[None]] = {}  # health checks under way
 
     async def start(self) -> None:
         self._loops = [
@@ -81,7 +88,7 @@ class Supervisor:
         ]
 
     async def stop(self) -> None:
-        tasks = [*self._loops]
+        tasks = [*self._loops, *self._checking.values()]
         for rec in self.replicas.records.values():
             if rec.task is not None:
                 tasks.append(rec.task)
@@ -188,15 +195,19 @@ class Supervisor:
             except asyncio.CancelledError:
                 raise
             except (aiohttp.ClientError, TimeoutError, ProbeFailed, ValueError) as e:
-                if not failing:
-                    log.info("replica %s: not answering yet (%s)", ep.name, _what(e))
+                if not failing:  # out of fds: the gateway's shortage, retried all the same
+                    if out_of_fds(e):
+                        log.error("replica %s: probe waits, the gateway is out of file "
+                                  "descriptors (raise its open-file limit)", ep.name)
+                    else:
+                        log.info("replica %s: not answering yet (%s)", ep.name, _what(e))
                     failing = True
-                await asyncio.sleep(delay)
+                await self._sleep(delay)
                 delay = min(delay * 2, self.health.probe_backoff_max)
                 continue
             if not probe.models:
                 log.warning("replica %s: /v1/models lists no model", ep.name)
-                await asyncio.sleep(delay)
+                await self._sleep(delay)
                 continue
             self.registry.probe_ok(ep.name, probe.models, probe.max_model_len, probe.marker,
                                    probe.adapters)
@@ -231,10 +242,27 @@ class Supervisor:
             coord.release(ep.name)
 
     async def _warm_here(self, ep: Endpoint) -> None:
+        """Warm, retrying with backoff while the gateway itself is out of file descriptors
+        (EMFILE/ENFILE): its own shortage is no failure of the replica."""
+        delay = self.health.interval / 4
+        waited = False
+        while await self._warm_once(ep):
+            if not waited:
+                log.error("replica %s: warmup waits, the gateway is out of file descriptors "
+                          "(raise its open-file limit)", ep.name)
+                waited = True
+            await self._sleep(delay)
+            delay = min(delay * 2, self.health.probe_backoff_max)
+        if waited:
+            log.info("replica %s: warmup resumed after the file descriptor shortage", ep.name)
+
+    async def _warm_once(self, ep: Endpoint) -> bool:
+        """One warmup; True if it could not connect for want of file descriptors (its
+        slot given back meanwhile)."""
         # a replica that has served users goes first: the fleet is short of it now
         async with self._warm_slots.hold(priority=0 if ep.requests else 1):
             if ep.state is not State.WARMING:
-                return
+                return False
             base = base_model(ep.models, ep.adapters)
             ref = self.registry.warm_reference.get(base)
             extra = self._extra_shapes(ep)
@@ -248,11 +276,13 @@ class Supervisor:
             except TimeoutError:
                 self._count("deadline", started)
                 self._deadline(ep, f"warmup deadline of {self.profile.deadline:g} s passed")
-                return
+                return False
             except (aiohttp.ClientError, WarmupFailed) as e:
+                if out_of_fds(e) or out_of_fds(e.__cause__ or e):
+                    return True
                 self._count("failed", started)
                 self.registry.warm_failed(ep.name, f"warmup failed: {_what(e)}")
-                return
+                return False
         self._count("converged" if result.converged else "not_converged", started)
         if result.converged:
             self._warmed_here(ep.name)
@@ -264,27 +294,14 @@ class Supervisor:
         else:
             left = ", ".join(result.unsettled[:3])
             self._deadline(ep, f"not converged after {result.rounds} round(s) ({left})")
+        return False
 
     def _extra_shapes(self, ep: Endpoint) -> list[WarmShape]:
-        """Beyond the grid: the shapes users send to this replica's models (most used
-        first), then the adapters it lists that those do not name; adapters at most as
-        many as it holds at once (max_lora), most used first, so warming evicts none."""
         p = self.profile
-        limit, mt = p.limit(ep.max_model_len), min(p.max_tokens)
         top = self.traffic.top(self.clock.now(), ep.models) if p.learned else []
-        used: dict[str, float] = {}
-        for key, _, share in top:
-            used[key.model] = used.get(key.model, 0.0) + share
         lora = self.engine(ep.name).get("max_lora")
-        max_lora = int(lora) if lora is not None else None
-        adapters = sorted(ep.adapters, key=lambda a: (-used.get(a, 0.0), a))
-        allowed = set(adapters[:max_lora] if max_lora is not None else adapters)
-        top = [row for row in top if row[0].model not in ep.adapters or row[0].model in allowed]
-        extra = learned_shapes(top, limit, mt, p.learned_requests)
-        if p.adapters and ep.adapters:
-            named = {s.model for s in extra if s.model in ep.adapters}
-            extra += adapter_shapes(adapters, used, named, max_lora, p.kinds[0], mt)
-        return extra
+        return extra_shapes(p, top, ep.adapters, ep.max_model_len,
+                            int(lora) if lora is not None else None)
 
     def _count(self, outcome: str, started: float) -> None:
         self.warmups[outcome] = self.warmups.get(outcome, 0) + 1
@@ -310,14 +327,30 @@ class Supervisor:
             self.registry.tick()
 
     async def _health_loop(self) -> None:
+        """Every watched replica checked once an interval, each at its own offset in it
+        (core.spread): a steady trickle of checks, not one burst of N each interval. A
+        replica whose last check has not finished is not checked again meanwhile."""
+        count = slice_count(self.health.interval)
+        step = self.health.interval / count
+        start = self.clock.now() + step
         while True:
-            await asyncio.sleep(self.health.interval)
-            watched = [
-                ep for ep in self.registry.endpoints.values()
-                if ep.state in (State.RAMPING, State.READY, State.WARMING)
-            ]
-            if watched:
-                await asyncio.gather(*(self._check(ep) for ep in watched))
+            watched = [ep.name for ep in self.registry.endpoints.values() if ep.state in WATCHED]
+            for i, group in enumerate(slices(watched, count)):
+                await self._sleep(max(0.0, start + i * step - self.clock.now()))
+                for name in group:
+                    ep = self.registry.endpoints.get(name)
+                    if ep is None or ep.state not in WATCHED or name in self._checking:
+                        continue
+                    task = asyncio.create_task(self._check(ep), name=f"warmgw-health-{name}")
+                    self._checking[name] = task
+                    task.add_done_callback(functools.partial(self._checked, name))
+            start = max(start + self.health.interval, self.clock.now())  # no catching up
+
+    def _checked(self, name: str, task: asyncio.Task[None]) -> None:
+        if self._checking.get(name) is task:
+            del self._checking[name]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("health check of %s failed", name, exc_info=task.exception())
 
     async def _check(self, ep: Endpoint) -> None:
         """One health check. A refused connection means the process is gone: out at once.
@@ -341,7 +374,7 @@ class Supervisor:
             ok, why = False, f"/health failed: {_what(e)}"
             down = isinstance(e, aiohttp.ClientConnectorError)
         rec = self.replicas.get(ep.name)
-        if rec is None or ep.state not in (State.RAMPING, State.READY, State.WARMING):
+        if rec is None or ep.state not in WATCHED:
             return
         if not ok:
             rec.checks = -1  # the next good answer reads its start time again

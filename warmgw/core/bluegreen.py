@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -70,6 +70,21 @@ class PoolCount:
     warm: int = 0
     ready: int = 0
     inflight: int = 0
+
+
+def pool_counts(replicas: Iterable[tuple[str, State, int]]) -> dict[str, PoolCount]:
+    """Replicas, warm ones, ready ones and requests in flight per pool, from (pool, state,
+    in flight) per replica."""
+    counts: dict[str, list[int]] = {}
+    for pool, state, inflight in replicas:
+        c = counts.get(pool)
+        if c is None:
+            c = counts[pool] = [0, 0, 0, 0]
+        c[0] += 1
+        c[1] += state in WARM
+        c[2] += state is State.READY
+        c[3] += inflight
+    return {pool: PoolCount(*c) for pool, c in counts.items()}
 
 
 @dataclass(slots=True)
@@ -155,16 +170,8 @@ class BlueGreen:
         }
 
     def pools(self) -> dict[str, PoolCount]:
-        counts: dict[str, PoolCount] = {}
-        for ep in self.registry.endpoints.values():
-            c = counts.get(ep.pool, PoolCount())
-            counts[ep.pool] = PoolCount(
-                c.total + 1,
-                c.warm + (ep.state in WARM),
-                c.ready + (ep.state is State.READY),
-                c.inflight + ep.inflight,
-            )
-        return counts
+        return pool_counts((ep.pool, ep.state, ep.inflight)
+                           for ep in self.registry.endpoints.values())
 
     # -- commands -------------------------------------------------------------------------
 

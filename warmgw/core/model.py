@@ -107,6 +107,16 @@ class Group:
         self.ramping = tuple(e for e in endpoints if e.ramp is not None)
         self.uniform = not self.ramping
 
+    @classmethod
+    def of(cls, pool: str, share: float, full: tuple[Endpoint, ...],
+           ramping: tuple[Endpoint, ...]) -> Group:
+        """A group from its members already split (the registry keeps them so)."""
+        g = cls.__new__(cls)
+        g.pool, g.share, g.full, g.ramping = pool, share, full, ramping
+        g.endpoints = full + ramping if ramping else full
+        g.uniform = not ramping
+        return g
+
 
 @dataclass(frozen=True, slots=True)
 class Route:

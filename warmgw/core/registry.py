@@ -20,9 +20,10 @@ from enum import StrEnum
 from warmgw.core.clock import Clock
 from warmgw.core.events import Feed, Inbox
 from warmgw.core.lifecycle import ROUTABLE, State, check
-from warmgw.core.model import Endpoint, EndpointSpec, Group, Route, Snapshot
+from warmgw.core.model import Endpoint, EndpointSpec, Snapshot
 from warmgw.core.policy import TrafficPolicy
 from warmgw.core.ramp import LatencyRamp, RampParams, SlowStart, SlowStartParams
+from warmgw.core.routable import RoutableSet
 from warmgw.core.shapes import ShapeKey
 from warmgw.core.stats import FleetBaseline, FleetParams
 
@@ -81,6 +82,7 @@ class Registry:
         self.transitions_total: dict[State, int] = {}
         self._version = 0
         self._snapshot: Snapshot | None = None
+        self._routable = RoutableSet()
 
     def subscribe(self) -> Inbox[Transition]:
         """An inbox of every transition from now on (see core.events)."""
@@ -103,29 +105,18 @@ class Registry:
 
     def _build(self) -> Snapshot:
         self._version += 1
-        by_model: dict[str, dict[str, list[Endpoint]]] = {}
-        known: set[str] = set()
-        learning = False
-        for ep in self.endpoints.values():
-            known.update(ep.models)
-            learning = learning or (not ep.models and ep.state in (State.DISCOVERED, State.PROBING))
-            if ep.state not in ROUTABLE:
-                continue
-            for m in ep.models:
-                by_model.setdefault(m, {}).setdefault(ep.pool, []).append(ep)
-        routes: dict[str, Route] = {}
-        for model, pools in by_model.items():
-            groups = tuple(
-                Group(pool, self.policy.share(pool), tuple(eps))
-                for pool, eps in sorted(pools.items())
-                if self.policy.share(pool) > 0.0
-            )
-            if groups:
-                routes[model] = Route(groups, sum(g.share for g in groups))
-        return Snapshot(self._version, routes, frozenset(known), learning)
+        return self._routable.snapshot(self._version, self.policy)
 
-    def _changed(self) -> None:
+    def _changed(self, ep: Endpoint | None = None) -> None:
+        """The snapshot is stale; with ep: that replica's place in the routable set and
+        its models are looked at again (call after any change of its state, models or pool);
+        without: every route (the shares changed)."""
         self._snapshot = None
+        if ep is None:
+            self._routable.all_changed()
+        else:
+            live = ep.state is not State.GONE and self.endpoints.get(ep.name) is ep
+            self._routable.update(ep, live)
 
     # -- moving ------------------------------------------------------------------------
 
@@ -140,8 +131,8 @@ class Registry:
             ep.ramp = None
         if to is State.READY:
             ep.ejections = 0  # backoff starts over once it proved itself
-        if frm in ROUTABLE or to in ROUTABLE or to is State.GONE:
-            self._changed()
+        if frm in ROUTABLE or to in ROUTABLE or to is State.GONE or frm is State.DISCOVERED:
+            self._changed(ep)
         t = Transition(ep.name, frm, to, reason, now, ep.url)
         self.history.append(t)
         self.transitions_total[to] = self.transitions_total.get(to, 0) + 1
@@ -156,7 +147,6 @@ class Registry:
         ep = self.endpoints.get(spec.name)
         if ep is None or ep.state is State.GONE:
             ep = self.endpoints[spec.name] = Endpoint(spec, self.clock.now())
-            self._changed()
             self._move(ep, State.PROBING, "discovered")
             return ep
         if ep.removed:
@@ -196,7 +186,7 @@ class Registry:
         ep.url = spec.url.rstrip("/")
         if spec.model:
             ep.models = frozenset({spec.model})
-        self._changed()
+        self._changed(ep)
         if moved and ep.state not in (State.PROBING, State.DRAINING):
             self.eject(ep, "address changed", cold=True)
 
@@ -209,7 +199,7 @@ class Registry:
             return
         if not ep.spec.model and models != ep.models:
             ep.models = models
-            self._changed()  # known_models changes: 503 (warming) rather than 404
+            self._changed(ep)  # known_models changes: 503 (warming) rather than 404
         ep.adapters = adapters & ep.models
         ep.max_model_len = max_model_len
         ep.start_marker = marker

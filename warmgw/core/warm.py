@@ -167,6 +167,26 @@ def adapter_shapes(listed: Sequence[str], used: Mapping[str, float], already: se
     return [WarmShape(kind, False, 16, max_tokens, 1, a) for a in order[:max(0, room)]]
 
 
+def extra_shapes(p: WarmProfile, top: Sequence[tuple[ShapeKey, Learned, float]],
+                 adapters: frozenset[str], max_model_len: int | None,
+                 max_lora: int | None) -> list[WarmShape]:
+    """Beyond the grid: the shapes users send to a replica's models (`top`, most used
+    first), then the adapters it lists that those do not name; adapters at most as many as
+    it holds at once (max_lora), most used first, so warming evicts none."""
+    limit, mt = p.limit(max_model_len), min(p.max_tokens)
+    used: dict[str, float] = {}
+    for key, _, share in top:
+        used[key.model] = used.get(key.model, 0.0) + share
+    ordered = sorted(adapters, key=lambda a: (-used.get(a, 0.0), a))
+    allowed = set(ordered[:max_lora] if max_lora is not None else ordered)
+    top = [row for row in top if row[0].model not in adapters or row[0].model in allowed]
+    extra = learned_shapes(top, limit, mt, p.learned_requests)
+    if p.adapters and adapters:
+        named = {s.model for s in extra if s.model in adapters}
+        extra += adapter_shapes(ordered, used, named, max_lora, p.kinds[0], mt)
+    return extra
+
+
 class Convergence:
     """Feeds rounds of latencies, says when every shape has settled."""
 
