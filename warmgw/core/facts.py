@@ -3,6 +3,7 @@ path), and the refusals it answers without picking a replica."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -118,6 +119,7 @@ def from_json(path: str, obj: Any, body_bytes: int, sole_model: str | None,
 
 
 PROMPT_TOKENS = b'"prompt_tokens":'
+_NUMBER = re.compile(rb" *(\d+)")
 
 
 def prompt_tokens_of(data: bytes) -> int:
@@ -127,11 +129,5 @@ def prompt_tokens_of(data: bytes) -> int:
     i = data.rfind(PROMPT_TOKENS)
     if i < 0:
         return 0
-    j = i + len(PROMPT_TOKENS)
-    n = len(data)
-    while j < n and data[j] == 32:
-        j += 1
-    k = j
-    while k < n and 48 <= data[k] <= 57:
-        k += 1
-    return int(data[j:k]) if k > j else 0
+    m = _NUMBER.match(data, i + len(PROMPT_TOKENS))
+    return int(m.group(1)) if m else 0
