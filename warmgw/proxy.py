@@ -101,11 +101,12 @@ class Proxy:
         body = req.body
         method = req.method
         if method == "POST":
-            ctype = req.get(b"content-type")
-            if ctype and ctype != "application/json" and not _is_json(
-                    ctype.split(";", 1)[0].strip().lower()):
+            ctype = req.ctype
+            if ctype and ctype != b"application/json" and not _is_json(
+                    ctype.split(b";", 1)[0].strip().lower().decode("latin-1")):
+                shown = ctype.decode("latin-1")[:100]
                 return self._error(
-                    req, 415, f"Content-Type must be application/json, got {ctype[:100]!r}",
+                    req, 415, f"Content-Type must be application/json, got {shown!r}",
                     "invalid_request_error", "unsupported_media_type",
                 )
             try:
@@ -132,7 +133,8 @@ class Proxy:
         route = self.router.resolve(snap, facts.model)
         if isinstance(route, Refusal):
             return self._refuse(req, route)
-        rid = req.get(b"x-request-id")
+        given = req.rid
+        rid = given.decode("latin-1") if given else ""
         if not rid or len(rid) > MAX_REQUEST_ID or not (rid.isascii() and rid.isprintable()):
             rid = f"{self.rng.getrandbits(128):032x}"
         await self._send(req, route, rid, facts)

@@ -65,8 +65,10 @@ class TrafficProfile:
             if len(self.shapes) >= self.p.max_shapes:
                 self._evict(now)
             s = self.shapes[key] = Learned(now)
-        s.count = s.decayed(now, self.p.half_life) + 1.0
-        s.at = now
+        if now - s.at > 1.0:  # decay at most once a second (hot path); the error is tiny
+            s.count = s.decayed(now, self.p.half_life)
+            s.at = now
+        s.count += 1.0
         if prompt_tokens > 0:
             if s.lo == 0 or prompt_tokens < s.lo:
                 s.lo = prompt_tokens

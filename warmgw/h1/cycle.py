@@ -47,8 +47,8 @@ class Host(Protocol):
 
 
 class Request:
-    __slots__ = ("body", "conn", "headers", "keep_alive", "method", "path", "target", "task",
-                 "version")
+    __slots__ = ("body", "conn", "ctype", "headers", "keep_alive", "method", "path", "rid",
+                 "target", "task", "version")
 
     def __init__(self, conn: Connection, method: str, target: str,
                  headers: list[tuple[bytes, bytes]], version: str) -> None:
@@ -58,6 +58,9 @@ class Request:
         q = target.find("?")
         self.path = target if q < 0 else target[:q]
         self.headers = headers  # as received (bytes): passed on without decoding
+        # the first Content-Type and X-Request-Id, found as the head was parsed
+        self.ctype: bytes | None = None
+        self.rid: bytes | None = None
         self.version = version
         self.keep_alive = True
         self.body = b""

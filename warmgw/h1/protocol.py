@@ -167,11 +167,18 @@ class HttpProtocol(Connection):
         p = self.parser
         length = None
         expect = False
+        ctype = rid = None
         headers = self._headers
         for k, v in headers:
             kl = k.lower()
             if kl == b"content-length":
                 length = int(v)
+            elif kl == b"content-type":
+                if ctype is None:
+                    ctype = v
+            elif kl == b"x-request-id":
+                if rid is None:
+                    rid = v
             elif kl == b"expect" and v.lower() == b"100-continue":
                 expect = True
         limit = self.server.max_body
@@ -182,6 +189,8 @@ class HttpProtocol(Connection):
         req = Request(self, method, self._url.decode("latin-1"), headers,
                       p.get_http_version())
         req.keep_alive = p.should_keep_alive()
+        req.ctype = ctype
+        req.rid = rid
         self._req = req
         if expect and self.current is None and self.transport is not None:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
