@@ -151,3 +151,19 @@ def test_coverage_is_the_covered_share_of_the_window() -> None:
         c.add(True, 100.0)  # another minute
     assert c.ratio(100.0) == pytest.approx(13 / 20)
     assert c.ratio(400.0) is None  # all of it older than the window
+
+
+def test_a_cold_hit_is_named_for_what_was_new_to_the_replica() -> None:
+    from warmgw.core.routing import cold_reason
+
+    schema = Features(schema="s1")
+    big = key(40, features=schema)
+    # the replica knew that schema at another size: only the size was new
+    assert cold_reason(big, frozenset(), [key(20, features=schema), big]) == "prompt_size"
+    assert cold_reason(big, frozenset(), [key(20), big]) == "schema"  # never seen the schema
+    lora = key(20, model="sql-lora")
+    assert cold_reason(lora, frozenset({"sql-lora"}), [key(20), lora]) == "adapter"
+    assert cold_reason(lora, frozenset({"sql-lora"}),
+                       [key(30, model="sql-lora"), lora]) == "prompt_size"
+    both = key(20, features=Features(schema="s1", logprobs=1))
+    assert cold_reason(both, frozenset(), [key(20, features=schema), both]) == "logprobs"

@@ -171,7 +171,7 @@ class Router:
         """A user request was the first of its shape on ep and far slower than the fleet's
         (Ticket.complete, which also counts it in the profile and the coverage): counted,
         published, and pinned in the profile so that warmups send it."""
-        reason = cold_reason(shape, ep.adapters)
+        reason = cold_reason(shape, ep.adapters, ep.seen)
         k = (ep.name, reason)
         self.cold_hits[k] = self.cold_hits.get(k, 0) + 1
         self.profile.pin(shape, now)
@@ -244,20 +244,25 @@ class Router:
         return n
 
 
-def cold_reason(shape: ShapeKey, adapters: frozenset[str]) -> str:
-    """What a cold hit was first to use on its replica, as one of a few label values."""
+def cold_reason(shape: ShapeKey, adapters: frozenset[str], seen: Collection[ShapeKey] = ()
+                ) -> str:
+    """What a cold hit was the first to use on its replica, as one of a few label values:
+    the first of its features that no other shape the replica has served had (seen), so a
+    request that brought only a new prompt size is "prompt_size" even if it carried a
+    schema the replica knew. O(len(seen)): run for cold hits only."""
     f = shape.features
-    if f.schema:
+    others = [k for k in seen if k != shape]
+    if f.schema and all(k.features.schema != f.schema for k in others):
         return "schema"
-    if f.tools:
+    if f.tools and all(k.features.tools != f.tools for k in others):
         return "tools"
-    if f.logprobs:
+    if f.logprobs and all(not k.features.logprobs for k in others):
         return "logprobs"
-    if f.n > 1:
+    if f.n > 1 and all(k.features.n < 2 for k in others):
         return "n"
-    if f.media:
+    if f.media and all(k.features.media != f.media for k in others):
         return "media"
-    if shape.model in adapters:
+    if shape.model in adapters and all(k.model != shape.model for k in others):
         return "adapter"
     return "prompt_size"
 
