@@ -184,10 +184,16 @@ async def trickle(port: int, head: bytes, then: bytes, every: float) -> tuple[fl
             if reader.done():
                 break
             await asyncio.sleep(every)
+            if w.transport.is_closing():  # the gateway hung up meanwhile
+                break
             try:
                 w.write(then[i % len(then): i % len(then) + 1])
                 await w.drain()
             except ConnectionError:
+                break
+            except RuntimeError:  # uvloop: the socket closed under the write (hung up)
+                if not w.transport.is_closing():
+                    raise
                 break
         try:
             await asyncio.wait_for(reader, 2.0)
