@@ -33,7 +33,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import gateway_config, wait_all_ready
-from tests.vllm.conftest import MAX_MODEL_LEN, SERVED, TIMINGS, Replicas, count_tokens
+from tests.vllm.conftest import (
+    FIGURES,
+    MAX_MODEL_LEN,
+    SERVED,
+    TIMINGS,
+    Replicas,
+    count_tokens,
+)
 from warmgw.app import Gateway
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(600)]
@@ -182,11 +189,13 @@ async def test_prefix_affinity_hits_vllms_prefix_cache_more_than_round_robin(
                             "replica_cache_tokens": caches[0].blocks * block}},
     )  # fmt: skip
     TIMINGS["prefix cache: both arms"] = time.monotonic() - t0
-    print(f"\nvLLM prefix-cache hit rate over {PREFIXES * USES} requests each "
-          f"({PREFIXES} system prompts of {PREFIX_BLOCKS}+ blocks of {block} tokens, "
-          f"{USES} uses each): round robin {rr.hit_rate:.1%} ({rr.hits:.0f}/{rr.queries:.0f} "
-          f"tokens, requests per replica {rr.requests}), prefix affinity {aff.hit_rate:.1%} "
-          f"({aff.hits:.0f}/{aff.queries:.0f}, {aff.requests})")
+    FIGURES["prefix-cache hit rate (vLLM's counters)"] = (
+        f"round robin {rr.hit_rate:.1%} ({rr.hits:.0f} of {rr.queries:.0f} prompt tokens, "
+        f"requests per replica {rr.requests[0]:.0f}/{rr.requests[1]:.0f}), prefix affinity "
+        f"{aff.hit_rate:.1%} ({aff.hits:.0f} of {aff.queries:.0f}, "
+        f"{aff.requests[0]:.0f}/{aff.requests[1]:.0f}); {PREFIXES} system prompts of "
+        f"{PREFIX_BLOCKS}+ blocks of {block} tokens, {USES} uses each"
+    )
     n = PREFIXES * USES
     assert sum(rr.requests) == n and sum(aff.requests) == n
     # round robin spread every prompt over both replicas: each replica computed each one
