@@ -16,13 +16,15 @@ difference: expected hits 2 of 4 requests against 3 of 4, on the shared part of 
 Hit rate as vLLM counts it: the increase of vllm:prefix_cache_hits_total over that of
 vllm:prefix_cache_queries_total (both in tokens), summed over the two replicas, over each
 arm's user requests. Each arm runs its own gateway and its own prompts (another seed), so
-what one arm cached gives the other nothing.
+what one arm cached gives the other nothing. Where each request went is read from the
+replicas' own request logs: round robin sent every prompt to both, affinity each to one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +42,7 @@ from tests.vllm.conftest import (
     TIMINGS,
     Replicas,
     count_tokens,
+    read_request_log,
 )
 from warmgw.app import Gateway
 
@@ -75,6 +78,7 @@ class Arm:
     hits: float  # tokens, the counters' increase summed over the replicas
     queries: float
     requests: tuple[float, ...]  # user requests each replica answered
+    spread: tuple[int, ...]  # per prompt: how many replicas received it (their own logs)
 
     @property
     def hit_rate(self) -> float:
@@ -139,6 +143,7 @@ async def run_arm(reps: Replicas, seed: str, prefix_tokens: int, **cfg: Any) -> 
         ) as client:
             await wait_all_ready(gw, timeout=180)
             before = [await counters(s, u) for u in urls]
+            offsets = [r.log_path.stat().st_size for r in reps.all]
             sent = 0  # prompt tokens, as the replicas' answers count them
             for k in range(PREFIXES * USES):
                 question = " ".join(words(random.Random(f"{seed}-q{k}"), 4))
@@ -146,6 +151,7 @@ async def run_arm(reps: Replicas, seed: str, prefix_tokens: int, **cfg: Any) -> 
                     model=SERVED, max_tokens=MAX_TOKENS, messages=[
                         {"role": "system", "content": prompts[k % PREFIXES]},
                         {"role": "user", "content": f"Question {k}: {question}?"}],
+                    extra_headers={"X-Request-Id": f"{seed}-p{k % PREFIXES}-k{k}"},
                 )  # fmt: skip
                 assert chat.usage is not None
                 assert chat.usage.prompt_tokens + MAX_TOKENS <= MAX_MODEL_LEN
@@ -160,10 +166,18 @@ async def run_arm(reps: Replicas, seed: str, prefix_tokens: int, **cfg: Any) -> 
                 await asyncio.sleep(0.2)
     # the counters measured these requests and nothing else (no warmup, no probe)
     assert queries == sent, f"queried {queries} prompt tokens, the requests had {sent}"
+    # which replica each request reached, from the replica's own log (vLLM names a request
+    # after the client's X-Request-Id, which the gateway passes on)
+    where: dict[int, set[str]] = {}
+    for r, offset in zip(reps.all, offsets, strict=True):
+        for x in read_request_log(r.log_path, offset):
+            if m := re.fullmatch(rf"{seed}-p(\d+)-k\d+", x.base):
+                where.setdefault(int(m.group(1)), set()).add(r.name)
     return Arm(
         hits=sum(a[HITS] - b[HITS] for a, b in zip(after, before, strict=True)),
         queries=queries,
         requests=tuple(a[SUCCESS] - b[SUCCESS] for a, b in zip(after, before, strict=True)),
+        spread=tuple(len(where.get(p, ())) for p in range(PREFIXES)),
     )
 
 
@@ -198,7 +212,10 @@ async def test_prefix_affinity_hits_vllms_prefix_cache_more_than_round_robin(
     )
     n = PREFIXES * USES
     assert sum(rr.requests) == n and sum(aff.requests) == n
-    # round robin spread every prompt over both replicas: each replica computed each one
+    # round robin spread every prompt over both replicas: each replica computed each one;
+    # affinity kept each prompt on the replica that had it
     assert rr.requests == (n / 2, n / 2)
+    assert rr.spread == (2,) * PREFIXES, rr
+    assert aff.spread == (1,) * PREFIXES, aff
     # expected 3/4 against 2/4 of the shared part (~0.22 apart here): a clear margin
     assert aff.hit_rate > rr.hit_rate + 0.1, (rr, aff)
