@@ -336,6 +336,8 @@ class Supervisor:
         while True:
             watched = [ep.name for ep in self.registry.endpoints.values() if ep.state in WATCHED]
             for i, group in enumerate(slices(watched, count)):
+                if not group:
+                    continue  # no wake-up for an empty slice (most are, with few replicas)
                 await self._sleep(max(0.0, start + i * step - self.clock.now()))
                 for name in group:
                     ep = self.registry.endpoints.get(name)
@@ -344,7 +346,9 @@ class Supervisor:
                     task = asyncio.create_task(self._check(ep), name=f"warmgw-health-{name}")
                     self._checking[name] = task
                     task.add_done_callback(functools.partial(self._checked, name))
-            start = max(start + self.health.interval, self.clock.now())  # no catching up
+            end = start + self.health.interval  # the next pass's first slice
+            await self._sleep(max(0.0, end - self.clock.now()))
+            start = max(end, self.clock.now())  # no catching up
 
     def _checked(self, name: str, task: asyncio.Task[None]) -> None:
         if self._checking.get(name) is task:
