@@ -69,6 +69,9 @@ def config(epp_port: int, request_body: str = "FULL_DUPLEX_STREAMED",
                          ".ExternalProcessor",
                 "grpc_service": {"envoy_grpc": {"cluster_name": "epp"}, "timeout": "10s"},
                 "failure_mode_allow": False,
+                # the EPP's dynamic metadata (envoy.lb: the pick and its fallbacks, for an
+                # override-host cluster); Envoy drops every namespace not listed here
+                "metadata_options": {"receiving_namespaces": {"untyped": ["envoy.lb"]}},
                 "message_timeout": "300s",
                 "processing_mode": mode}},
             {"name": "envoy.filters.http.router", "typed_config": {

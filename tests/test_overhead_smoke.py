@@ -39,7 +39,7 @@ def test_quick_run_measures_both_targets_without_errors(
     t0 = time.monotonic()
     code = overhead.main(
         ["--quick", "--requests", "24", "--concurrency", "1,8", "--peers", "broken",
-         "--out", str(out)]
+         "--no-envoy-epp", "--out", str(out)]
     )
     elapsed = time.monotonic() - t0
     assert code == 0
@@ -76,6 +76,7 @@ def test_another_tree_is_compared_cell_by_cell_with_a_long_prompt(
     out = tmp_path / "overhead.json"
     code = overhead.main(
         ["--quick", "--requests", "24", "--concurrency", "4", "--no-stream", "--peers", "",
+         "--no-envoy-epp",
          "--prompt-bytes", "8192", "--compare-src", str(overhead.REPO), "--out", str(out)]
     )
     assert code == 0
