@@ -5,13 +5,15 @@
 
 Four processes: a simulated replica with near-zero latency, the gateway (`python -m warmgw
 serve`, from this source tree), the peer proxies that are installed (nginx, HAProxy,
-Envoy, vllm-router, sglang-router: see loadtest.peers and scripts/install-peers.sh), and
-an aiohttp load generator; this one only orchestrates. For each cell (mode JSON or stream,
-concurrency) the requests of each target are split into rounds, and the targets take turns
-round by round (the order rotating) so that a noisy machine slows them alike. Reported per
-target: req/s, p50/p99 latency, the added latency over direct, and CPU microseconds per
-request of the proxy's processes (the replica's and load generator's CPU are not in that
-figure): the median of the rounds' figures, each read in nanoseconds from
+Envoy, vllm-router, sglang-router: see loadtest.peers and scripts/install-peers.sh), Envoy
+with this tree's warmgw as its endpoint picker (target envoy+epp, unless --no-envoy-epp;
+loadtest.envoy_epp), and an aiohttp load generator; this one only orchestrates. For each
+cell (mode JSON or stream, concurrency) the requests of each target are split into rounds,
+and the targets take turns round by round (the order rotating) so that a noisy machine
+slows them alike. Reported per target: req/s, p50/p99 latency, the added latency over
+direct, and CPU microseconds per request of the proxy's processes (the replica's and load
+generator's CPU are not in that figure; for envoy+epp, both processes, and each one's
+apart in a second table): the median of the rounds' figures, each read in nanoseconds from
 /proc/PID/task/*/schedstat (every thread of the process and its descendants); req/s and
 CPU per request also as ratios to the gateway's, CPU as the median of the ratios of the
 same rounds.
