@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import tempfile
@@ -58,6 +59,7 @@ from loadtest.procs import (
     CpuReading,
     cpu_between,
     host_cpu,
+    pin,
     read_cpu,
     run_main,
     running,
@@ -93,6 +95,7 @@ class Options:
     py_spy_native: bool = False  # with C frames (uvloop, libc: where syscalls show)
     compare_src: Path | None = None  # another warmgw source tree, run as a third target
     quick: bool = False
+    pin: bool = False  # proxies on the last CPU, everything else on the others
 
     def warmup_for(self, c: int) -> int:
         if self.warmup is not None:
@@ -153,6 +156,10 @@ def parse_args(argv: list[str] | None) -> Options:
                    help="also run the warmgw package of this source tree (e.g. `git archive "
                         "HEAD` unpacked) as another target")
     p.add_argument("--quick", action="store_true", help="a small run for CI (< 30 s)")
+    p.add_argument("--pin", action="store_true",
+                   help="bind the proxies under test to the last CPU and the replica, the "
+                        "load generator and this process to the others (less noise from "
+                        "sharing a core; needs 2 CPUs or more)")
     a = p.parse_args(argv)
     try:
         conc = tuple(int(x) for x in a.concurrency.split(",") if x.strip())
@@ -171,12 +178,14 @@ def parse_args(argv: list[str] | None) -> Options:
         opts, concurrency=conc, stream=a.stream, max_tokens=a.max_tokens,
         prompt_words=a.prompt_words, prompt_bytes=a.prompt_bytes, strategy=a.strategy,
         peers=peers, envoy_epp=a.envoy_epp, out=a.out, profile=a.profile, py_spy=a.py_spy,
-        py_spy_native=a.py_spy_native,
+        py_spy_native=a.py_spy_native, pin=a.pin,
         compare_src=a.compare_src.resolve() if a.compare_src else None,
         **{k: v for k, v in given.items() if v is not None},
     )
     if not conc or min(conc) < 1 or opts.requests < opts.rounds or opts.rounds < 1:
         p.error("need concurrency >= 1, rounds >= 1 and requests >= rounds")
+    if opts.pin and len(os.sched_getaffinity(0)) < 2:
+        p.error("--pin: needs 2 CPUs or more")
     if opts.prompt_bytes is not None and opts.prompt_bytes < 1:
         p.error(f"--prompt-bytes: expected a size >= 1, got {opts.prompt_bytes}")
     words = len(opts.prompt().split())
@@ -304,6 +313,8 @@ def run(opts: Options) -> dict[str, Any]:
         argv = [sys.executable, "-m", "loadtest.loadgen"]
         loadgen = LoadGen(kids.start("loadgen", argv, pipes=True, cwd=REPO))
         spy = _start_py_spy(kids, opts, targets[1])
+        if opts.pin:
+            _pin(targets, loadgen)
         bench = Bench(loadgen, replica, opts)
         peers = {t.name for t in targets[2:] if t.name in PEERS}
         dropped: dict[str, str] = {}
@@ -337,6 +348,15 @@ def run(opts: Options) -> dict[str, Any]:
         "summary": summarise(runs, gateway=targets[1].name, compare=cmp_name),
         "runs": [overhead_meta.run_json(r) for r in runs],
     }
+
+
+def _pin(targets: list[Target], loadgen: LoadGen) -> None:
+    """The proxies on the last CPU; the replica, the load generator and this process on
+    the others: a proxy then never shares its core with the load it is measured under."""
+    cpus = sorted(os.sched_getaffinity(0))
+    rest = set(cpus[:-1])
+    pin([os.getpid(), loadgen.child.pid, *targets[0].pids], rest)
+    pin([pid for t in targets[1:] for pid in t.pids], {cpus[-1]})
 
 
 def _start_py_spy(kids: Children, opts: Options, gateway: Target) -> Child | None:

@@ -119,6 +119,24 @@ def _task_ns(pid: int) -> dict[int, int]:
     return out
 
 
+def pin(roots: Iterable[int], cpus: set[int]) -> int:
+    """Bind every thread of the roots and their descendants to cpus (threads started later
+    inherit it from the thread that starts them); how many threads were bound."""
+    n = 0
+    for pid in descendants(roots):
+        try:
+            tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                os.sched_setaffinity(tid, cpus)
+                n += 1
+            except OSError:
+                continue  # the thread ended meanwhile
+    return n
+
+
 def read_cpu(roots: Iterable[int]) -> CpuReading:
     """Every thread and process of the roots and their descendants."""
     tasks: dict[int, int] = {}

@@ -29,6 +29,7 @@ from warmgw.core.routing import Router
 from warmgw.cutover import CutoverDriver
 from warmgw.discovery.dns import DnsDiscovery
 from warmgw.discovery.endpointslices import SliceDiscovery
+from warmgw.discovery.gate import PodSource
 from warmgw.discovery.httproute import RouteSwitch
 from warmgw.discovery.inferencepool import PoolDiscovery
 from warmgw.discovery.kapi import KubeApi, default_identity, own_namespace
@@ -119,24 +120,16 @@ class Gateway:
         if k is not None:
             ns = k.namespace or own_namespace()
             identity = k.identity or default_identity()
+            src = PodSource(self.kube_api, self.registry, self.replicas, ns, identity,
+                            k.pool_label, k.model, k.readiness_gate, k.lease_duration,
+                            k.watch_timeout)
             if k.source == "endpointslices":
-                self.kube = SliceDiscovery(
-                    self.kube_api, self.registry, self.replicas, ns, k.slice_labels,
-                    k.label_selector, k.pool_label, k.port_name, k.port, k.model, identity,
-                    k.readiness_gate, k.lease_duration, k.watch_timeout,
-                )
+                self.kube = SliceDiscovery(src, k.slice_labels, k.label_selector,
+                                           k.port_name, k.port)
             elif k.inference_pool is not None:
-                self.kube = PoolDiscovery(
-                    self.kube_api, self.registry, self.replicas, ns, k.inference_pool,
-                    k.pool_label, k.model, identity, k.readiness_gate, k.lease_duration,
-                    k.watch_timeout,
-                )
+                self.kube = PoolDiscovery(src, k.inference_pool)
             else:
-                self.kube = KubeDiscovery(
-                    self.kube_api, self.registry, self.replicas, ns, k.label_selector,
-                    k.pool_label, k.port, k.model, identity,
-                    k.readiness_gate, k.lease_duration, k.watch_timeout,
-                )
+                self.kube = KubeDiscovery(src, k.label_selector, k.port)
             if k.http_route:
                 route = RouteSwitch(self.kube_api, ns, k.http_route)
             if k.policy_configmap:

@@ -449,6 +449,7 @@ def remove_leaked_shm(before: set[str]) -> None:
 
 _SESSION: list[Replicas] = []
 TIMINGS: dict[str, float] = {}
+FIGURES: dict[str, str] = {}  # what a test measured, shown after the run (passed or not)
 
 
 @pytest.fixture(scope="session")
@@ -485,8 +486,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if not ENABLED or not TIMINGS:
+    if not ENABLED:
         return
-    terminalreporter.section("real vLLM timings")
-    for what, seconds in TIMINGS.items():
-        terminalreporter.write_line(f"{what}: {seconds:.1f} s")
+    if TIMINGS:
+        terminalreporter.section("real vLLM timings")
+        for what, seconds in TIMINGS.items():
+            terminalreporter.write_line(f"{what}: {seconds:.1f} s")
+    if FIGURES:
+        terminalreporter.section("real vLLM figures")
+        for what, text in FIGURES.items():
+            terminalreporter.write_line(f"{what}: {text}")

@@ -36,9 +36,16 @@ def coarse(tokens: int) -> int:
     return tokens.bit_length()
 
 
+def _fine(tokens: int) -> int:
+    return int(4.0 * math.log2(tokens)) if tokens > 0 else -1
+
+
+_FINE = tuple(_fine(n) for n in range(1 << 15))  # the request path's sizes, looked up
+
+
 def fine(tokens: int) -> int:
     """The quarter-octave bucket of a token count (buckets 19 % wide)."""
-    return int(4.0 * math.log2(tokens)) if tokens > 0 else -1
+    return _FINE[tokens] if 0 <= tokens < 32768 else _fine(tokens)
 
 
 def latency_key(kind: str, stream: bool, prompt_tokens: int, max_tokens: int) -> int:

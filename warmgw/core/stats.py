@@ -53,7 +53,13 @@ class FleetBaseline:
         e = shapes.get(key)
         if e is None:
             e = shapes[key] = Ewma()
-        e.add(seconds, self.p.alpha)
+        # Ewma.add, inline (the request path)
+        n = e.n = e.n + 1
+        if n == 1:
+            e.value = seconds
+        else:
+            alpha = self.p.alpha
+            e.value += (alpha if n * alpha >= 1.0 else 1.0 / n) * (seconds - e.value)
 
     def ratio(self, model: str, key: int, seconds: float) -> float | None:
         """seconds over the fleet's latency for this shape, None while the fleet has too few."""

@@ -57,5 +57,12 @@ class RequestStats:
         if h is None:
             h = self.ttfb[pool] = Histogram()
             self.duration[pool] = Histogram()
-        h.observe(ttfb)
-        self.duration[pool].observe(duration)
+        d = self.duration[pool]
+        bounds = h.bounds  # both histograms share the bounds: one search when equal
+        i = bisect_left(bounds, ttfb)
+        h.counts[i] += 1
+        h.total += ttfb
+        h.count += 1
+        d.counts[i if duration == ttfb else bisect_left(bounds, duration)] += 1
+        d.total += duration
+        d.count += 1

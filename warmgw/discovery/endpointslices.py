@@ -25,43 +25,26 @@ from typing import Any
 
 from kubernetes.aio import client
 
-from warmgw.core.registry import Registry
-from warmgw.discovery.gate import PodGate
-from warmgw.discovery.kapi import KubeApi
+from warmgw.discovery.gate import PodGate, PodSource
 from warmgw.discovery.kwatch import Watcher
 from warmgw.discovery.pods import view
 from warmgw.discovery.slices import SliceEndpoint, endpoints_of
-from warmgw.replicas import Replicas
 
 
 class SliceDiscovery:
-    def __init__(
-        self,
-        api: KubeApi,
-        registry: Registry,
-        replicas: Replicas,
-        namespace: str,
-        slice_selector: str,
-        pod_selector: str,
-        pool_label: str,
-        port_name: str | None,
-        port: int,
-        model: str | None,
-        identity: str,
-        readiness_gate: bool = True,
-        lease_duration: int = 15,
-        watch_timeout: int = 300,
-    ) -> None:
-        self.api = api
-        self.registry = registry
-        self.ns = namespace
-        self.pool_label = pool_label
+    def __init__(self, src: PodSource, slice_selector: str, pod_selector: str,
+                 port_name: str | None, port: int) -> None:
+        self.src = src
+        self.api = src.api
+        self.registry = src.registry
+        self.ns = namespace = src.namespace
+        self.pool_label = src.pool_label
         self.port_name = port_name
         self.port = port
-        self.model = model
-        self.identity = identity
-        self.gate = PodGate(api, registry, replicas, namespace, identity, readiness_gate,
-                            lease_duration)
+        self.model = src.model
+        self.identity = src.identity
+        self.gate = PodGate(src)
+        watch_timeout = src.watch_timeout
         self.slices: dict[str, dict[str, SliceEndpoint]] = {}  # slice -> its endpoints
         self.endpoints: dict[str, dict[str, SliceEndpoint]] = {}  # name -> slice -> entry
         self._tasks: list[asyncio.Task[None]] = []
@@ -72,7 +55,7 @@ class SliceDiscovery:
         self.pod_watcher = Watcher(
             f"pods {namespace}/{pod_selector}", self._list_pods, self._on_pods,
             watch_timeout=watch_timeout, namespace=namespace,
-            label_selector=pod_selector) if readiness_gate else None
+            label_selector=pod_selector) if src.readiness_gate else None
 
     def _list_slices(self, **kwargs: Any) -> Any:
         api = client.DiscoveryV1Api(self.api())

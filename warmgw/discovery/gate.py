@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -38,27 +39,37 @@ def _iso(t: datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+@dataclass(frozen=True)
+class PodSource:
+    """What every source whose replicas are pods shares: the API and the parts it feeds,
+    where it looks, and who this gateway replica is (discovery.kube, .endpointslices,
+    .inferencepool take one, and PodGate)."""
+
+    api: KubeApi
+    registry: Registry
+    replicas: Replicas
+    namespace: str
+    identity: str  # this gateway replica, as it signs Leases
+    pool_label: str
+    model: str | None = None  # None: learn it from /v1/models
+    readiness_gate: bool = True
+    lease_duration: int = 15
+    watch_timeout: int = 300
+
+
 class PodGate:
     """The warm coordinator (supervisor) and the readiness-gate reaction (replicas) for
     replicas named after their pods."""
 
-    def __init__(
-        self,
-        api: KubeApi,
-        registry: Registry,
-        replicas: Replicas,
-        namespace: str,
-        identity: str,
-        readiness_gate: bool = True,
-        lease_duration: int = 15,
-    ) -> None:
-        self.api = api
-        self.registry = registry
-        self.replicas = replicas
-        self.ns = namespace
-        self.identity = identity
-        self.readiness_gate = readiness_gate
-        self.lease_duration = lease_duration
+    def __init__(self, src: PodSource) -> None:
+        self.src = src
+        self.api = src.api
+        self.registry = src.registry
+        self.replicas = src.replicas
+        self.ns = src.namespace
+        self.identity = src.identity
+        self.readiness_gate = src.readiness_gate
+        self.lease_duration = src.lease_duration
         self.pods: dict[str, PodView] = {}
         self.patches = 0
         self._tasks: set[asyncio.Task[Any]] = set()

@@ -22,12 +22,9 @@ from typing import Any
 
 from kubernetes.aio import client
 
-from warmgw.core.registry import Registry
-from warmgw.discovery.gate import PodGate
-from warmgw.discovery.kapi import KubeApi
+from warmgw.discovery.gate import PodGate, PodSource
 from warmgw.discovery.kube import KubeDiscovery
 from warmgw.discovery.kwatch import Watcher
-from warmgw.replicas import Replicas
 
 log = logging.getLogger("warmgw.kubernetes")
 
@@ -72,27 +69,13 @@ def pool_spec(obj: dict[str, Any]) -> PoolSpec:
 
 
 class PoolDiscovery:
-    def __init__(
-        self,
-        api: KubeApi,
-        registry: Registry,
-        replicas: Replicas,
-        namespace: str,
-        pool_name: str,
-        pool_label: str,
-        model: str | None,
-        identity: str,
-        readiness_gate: bool = True,
-        lease_duration: int = 15,
-        watch_timeout: int = 300,
-    ) -> None:
-        self.api = api
-        self.ns = namespace
+    def __init__(self, src: PodSource, pool_name: str) -> None:
+        self.api = src.api
+        self.ns = namespace = src.namespace
         self.name = pool_name
         self.pool: PoolSpec | None = None
-        self.pods = KubeDiscovery(api, registry, replicas, namespace, None, pool_label, 0,
-                                  model, identity, readiness_gate, lease_duration,
-                                  watch_timeout)
+        self.pods = KubeDiscovery(src, None, 0)
+        watch_timeout = src.watch_timeout
         self.watcher = Watcher(
             f"inferencepool {namespace}/{pool_name}", self._list_pool, self._on_pool,
             watch_timeout=watch_timeout, namespace=namespace,

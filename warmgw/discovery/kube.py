@@ -15,40 +15,24 @@ from typing import Any
 
 from kubernetes.aio import client
 
-from warmgw.core.registry import Registry
-from warmgw.discovery.gate import PodGate
-from warmgw.discovery.kapi import KubeApi
+from warmgw.discovery.gate import PodGate, PodSource
 from warmgw.discovery.kwatch import Watcher
 from warmgw.discovery.pods import spec_of, view
-from warmgw.replicas import Replicas
 
 
 class KubeDiscovery:
-    def __init__(
-        self,
-        api: KubeApi,
-        registry: Registry,
-        replicas: Replicas,
-        namespace: str,
-        label_selector: str | None,
-        pool_label: str,
-        port: int,
-        model: str | None,
-        identity: str,
-        readiness_gate: bool = True,
-        lease_duration: int = 15,
-        watch_timeout: int = 300,
-    ) -> None:
-        self.api = api
-        self.registry = registry
-        self.ns = namespace
-        self.pool_label = pool_label
+    def __init__(self, src: PodSource, label_selector: str | None, port: int) -> None:
+        """label_selector None: wait for target() (an InferencePool's selector)."""
+        self.src = src
+        self.api = src.api
+        self.registry = src.registry
+        self.ns = src.namespace
+        self.pool_label = src.pool_label
         self.port = port
-        self.model = model
-        self.identity = identity
-        self.gate = PodGate(api, registry, replicas, namespace, identity, readiness_gate,
-                            lease_duration)
-        self.watch_timeout = watch_timeout
+        self.model = src.model
+        self.identity = src.identity
+        self.gate = PodGate(src)
+        self.watch_timeout = src.watch_timeout
         self.label_selector = label_selector
         self._run: asyncio.Task[None] | None = None
         self._started = False

@@ -6,6 +6,12 @@ close, broken HTTP, no byte within read_timeout) is a `Cut`. A Cut before any by
 answer came back, not by a timeout, is `unanswered` (the proxy may send it once more);
 any other Cut is final. A response's body is read chunk by chunk as it arrives; reading
 from the replica pauses while more than READ_AHEAD bytes wait for a slow client.
+
+A connection has one lazy timer for its two limits (the read timeout while a response is
+due, the pool's keep-alive bound while it is idle): a limit moves a deadline, the timer is
+armed again only for a deadline nearer than the one it waits for, and when it fires it
+looks at the deadline and waits again if that has moved. Making and cancelling a timer
+handle for each limit of each request cost about 3 us of CPU a request.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import cast
 import httptools
 
 READ_AHEAD = 256 * 1024
+READ, IDLE = 1, 2  # the limits a connection's timer keeps
 
 
 class NotConnected(Exception):
@@ -69,9 +76,12 @@ class Response(asyncio.Protocol):
         self.done = False
         self._error: Exception | None = None
         self._waiter: asyncio.Future[None] | None = None
-        self._last = 0.0
-        self._watch: asyncio.TimerHandle | None = None
-        self._idle_timer: asyncio.TimerHandle | None = None
+        self._last = 0.0  # when a byte last came (or the request went out)
+        self._read_timeout = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0  # when it fires
+        self._limit = 0  # READ, IDLE or 0 (none)
+        self._idle_until = 0.0  # IDLE's deadline (READ's is _last + _read_timeout)
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -97,10 +107,9 @@ class Response(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        self._stop_watch()
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
+        idle = self._limit == IDLE
+        self.drop_timer()
+        if idle:
             self.pool.forget(self)
         if not self.done:
             why = str(exc) if exc else "the replica closed the connection"
@@ -145,8 +154,10 @@ class Response(asyncio.Protocol):
     def send(self, data: bytes, head_only: bool, read_timeout: float) -> None:
         assert self.transport is not None
         self.head_only = head_only
-        self._last = self.loop.time()
-        self._watch = self.loop.call_later(read_timeout, self._check, read_timeout)
+        now = self._last = self.loop.time()
+        self._read_timeout = read_timeout
+        self._limit = READ
+        self.arm(now + read_timeout)
         self.transport.write(data)
 
     async def head(self) -> None:
@@ -196,23 +207,62 @@ class Response(asyncio.Protocol):
             self._error = e
         self._wake()
 
-    def _check(self, timeout: float) -> None:
-        self._watch = None
-        if self.done or self.lost:
+    # -- the timer --------------------------------------------------------------------------
+
+    def arm(self, at: float) -> None:
+        """The current limit's deadline is `at` (loop time)."""
+        t = self._timer
+        if t is None or self._timer_at > at:  # none waiting, or it would wake too late
+            if t is not None:
+                t.cancel()
+            loop = self.loop
+            self._timer = loop.call_later(at - loop.time(), self._fire)
+            self._timer_at = at
+
+    def _fire(self) -> None:
+        self._timer = None
+        limit = self._limit
+        if limit == 0 or self.lost:
             return
-        quiet = self.loop.time() - self._last
+        now = self.loop.time()
+        if limit == IDLE:
+            if now < self._idle_until:
+                self.arm(self._idle_until)
+            else:
+                self._limit = 0
+                self.pool.expire(self)
+            return
+        if self.done:
+            return
+        timeout = self._read_timeout
+        quiet = now - self._last
         if quiet >= timeout and not self._paused:  # paused: waiting on the client, not it
+            self._limit = 0
             self._fail(Cut("no bytes within the read timeout", timeout=True))
             if self.transport is not None:
                 self.transport.abort()
             return
-        due = max(timeout - quiet, 0.05) if not self._paused else timeout
-        self._watch = self.loop.call_later(due, self._check, timeout)
+        self.arm(now + (max(timeout - quiet, 0.05) if not self._paused else timeout))
 
     def _stop_watch(self) -> None:
-        if self._watch is not None:
-            self._watch.cancel()
-            self._watch = None
+        if self._limit == READ:
+            self._limit = 0
+
+    def idle(self, until: float) -> None:
+        """In the pool until `until` at the latest."""
+        self._limit = IDLE
+        self._idle_until = until
+        self.arm(until)
+
+    def reused(self) -> None:
+        if self._limit == IDLE:
+            self._limit = 0
+
+    def drop_timer(self) -> None:
+        self._limit = 0
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     # -- after ------------------------------------------------------------------------------
 
@@ -265,9 +315,7 @@ class Pool:
         idle = None if fresh else self.idle.get(key)
         while idle:
             c = idle.pop()
-            if c._idle_timer is not None:
-                c._idle_timer.cancel()
-                c._idle_timer = None
+            c.reused()
             if not c.lost:
                 conn = c
                 break
@@ -306,11 +354,11 @@ class Pool:
             if conn.transport is not None:
                 conn.transport.close()
             return
-        conn._idle_timer = self.loop.call_later(self.keepalive, self._expire, conn)
+        conn.idle(self.loop.time() + self.keepalive)
         self.idle.setdefault(conn.key, []).append(conn)
 
-    def _expire(self, conn: Response) -> None:
-        conn._idle_timer = None
+    def expire(self, conn: Response) -> None:
+        """conn was idle for keepalive s: closed."""
         self.forget(conn)
         if conn.transport is not None:
             conn.lost = True
@@ -326,9 +374,7 @@ class Pool:
     def close_address(self, host: str, port: int) -> None:
         """Close the idle connections to one address (a replica that is gone)."""
         for conn in self.idle.pop((host, port), []):
-            if conn._idle_timer is not None:
-                conn._idle_timer.cancel()
-                conn._idle_timer = None
+            conn.drop_timer()
             if conn.transport is not None:
                 conn.lost = True
                 conn.transport.close()
