@@ -1,7 +1,8 @@
 """Scenario runner: the same workload and event against each strategy, then a report.
 
-    python -m loadtest run SCENARIO [--strategies warm,slow_start,round_robin,envoy,haproxy]
-                           [--quick] [--out DIR] [--no-progress]
+    python -m loadtest run SCENARIO
+        [--strategies warm,slow_start,round_robin,envoy,haproxy,warm_envoy]
+        [--quick] [--out DIR] [--no-progress]
     python -m loadtest list                  # the scenarios in loadtest/scenarios/
     python -m loadtest report DIR            # report.md and plot.png again from result.json
 

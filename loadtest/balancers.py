@@ -144,12 +144,13 @@ class Warmgw(Balancer):
         self.name = strategy
         self.token = secrets.token_hex(16)
         self.admin = ""
+        self.http = ""  # the gateway's HTTP listener (its /metrics); users' URL is .url
         self.pid = 0
 
     def config(self, initial: list[Replica]) -> dict[str, Any]:
         s = self.s
         port, admin_port = free_port(), free_port()
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = self.http = f"http://127.0.0.1:{port}"
         self.admin = f"http://127.0.0.1:{admin_port}"
         base: dict[str, Any] = {
             "listen": {"host": "127.0.0.1", "port": port, "shutdown_timeout": 2},
@@ -172,7 +173,7 @@ class Warmgw(Balancer):
         child = self.kids.start(f"gateway-{self.name}", argv, grace=5.0)
         self.pid = child.pid
         self.logs.append(child.log)
-        await wait_http(self.session, self.url + "/healthz", START_TIMEOUT, child)
+        await wait_http(self.session, self.http + "/healthz", START_TIMEOUT, child)
 
     async def _call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         headers = {"Authorization": f"Bearer {self.token}"}
@@ -246,11 +247,18 @@ class Warmgw(Balancer):
     def replica_of(self, headers: Mapping[str, str]) -> str:
         return headers.get("X-Warmgw-Replica", "")
 
+    async def observe(self) -> dict[str, Any]:
+        try:
+            reps = await self._replicas()
+        except (aiohttp.ClientError, TimeoutError, BalancerError):
+            return {}
+        return {n: {"state": r["state"], "weight": r["weight"]} for n, r in reps.items()}
+
     async def report(self) -> dict[str, Any]:
         """From the gateway's /metrics: the cold hits it counted ("replica/reason" -> n),
         the learned profile's size, warmup coverage and refused warmup requests."""
         try:
-            async with self.session.get(self.url + "/metrics",
+            async with self.session.get(self.http + "/metrics",
                                         timeout=aiohttp.ClientTimeout(total=5.0)) as r:
                 text = await r.text() if r.status == 200 else ""
         except (aiohttp.ClientError, TimeoutError):
@@ -273,10 +281,3 @@ def gateway_counts(text: str) -> dict[str, Any]:
             elif sample.name in GATEWAY_GAUGES:
                 out[GATEWAY_GAUGES[sample.name]] = round(sample.value, 4)
     return out
-
-    async def observe(self) -> dict[str, Any]:
-        try:
-            reps = await self._replicas()
-        except (aiohttp.ClientError, TimeoutError, BalancerError):
-            return {}
-        return {n: {"state": r["state"], "weight": r["weight"]} for n, r in reps.items()}

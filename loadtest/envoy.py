@@ -37,7 +37,11 @@ def version(binary: str) -> str:
 
 
 def config(epp_port: int, request_body: str = "FULL_DUPLEX_STREAMED",
-           response_body: str = "FULL_DUPLEX_STREAMED") -> dict[str, Any]:
+           response_body: str = "FULL_DUPLEX_STREAMED", listen_port: int = 0,
+           admin_port: int = 0, upstream_header: str = "") -> dict[str, Any]:
+    """Envoy's config; ports 0 are picked by Envoy (read them from its admin API). With
+    upstream_header, each response carries the ip:port of the replica that served it
+    (how a benchmark tells which replica answered)."""
     duplex = "FULL_DUPLEX_STREAMED" in (request_body, response_body)
     mode = {
         "request_header_mode": "SEND",
@@ -55,13 +59,19 @@ def config(epp_port: int, request_body: str = "FULL_DUPLEX_STREAMED",
         "route_config": {"virtual_hosts": [{
             "name": "all", "domains": ["*"],
             "routes": [{"match": {"prefix": "/"},
-                        "route": {"cluster": "replicas", "timeout": "300s"}}]}]},
+                        "route": {"cluster": "replicas", "timeout": "300s"}}],
+            **({"response_headers_to_add": [{"header": {
+                "key": upstream_header, "value": "%UPSTREAM_REMOTE_ADDRESS%"}}]}
+               if upstream_header else {})}]},
         "http_filters": [
             {"name": "envoy.filters.http.ext_proc", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3"
                          ".ExternalProcessor",
                 "grpc_service": {"envoy_grpc": {"cluster_name": "epp"}, "timeout": "10s"},
                 "failure_mode_allow": False,
+                # the EPP's dynamic metadata (envoy.lb: the pick and its fallbacks, for an
+                # override-host cluster); Envoy drops every namespace not listed here
+                "metadata_options": {"receiving_namespaces": {"untyped": ["envoy.lb"]}},
                 "message_timeout": "300s",
                 "processing_mode": mode}},
             {"name": "envoy.filters.http.router", "typed_config": {
@@ -72,7 +82,8 @@ def config(epp_port: int, request_body: str = "FULL_DUPLEX_STREAMED",
         "static_resources": {
             "listeners": [{
                 "name": "main",
-                "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+                "address": {"socket_address": {"address": "127.0.0.1",
+                                               "port_value": listen_port}},
                 "filter_chains": [{"filters": [{
                     "name": "envoy.filters.network.http_connection_manager",
                     "typed_config": hcm}]}],
@@ -94,7 +105,8 @@ def config(epp_port: int, request_body: str = "FULL_DUPLEX_STREAMED",
                          "address": "127.0.0.1", "port_value": epp_port}}}}]}]}},
             ],
         },
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1",
+                                                 "port_value": admin_port}}},
     }
 
 

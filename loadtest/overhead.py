@@ -5,13 +5,15 @@
 
 Four processes: a simulated replica with near-zero latency, the gateway (`python -m warmgw
 serve`, from this source tree), the peer proxies that are installed (nginx, HAProxy,
-Envoy, vllm-router, sglang-router: see loadtest.peers and scripts/install-peers.sh), and
-an aiohttp load generator; this one only orchestrates. For each cell (mode JSON or stream,
-concurrency) the requests of each target are split into rounds, and the targets take turns
-round by round (the order rotating) so that a noisy machine slows them alike. Reported per
-target: req/s, p50/p99 latency, the added latency over direct, and CPU microseconds per
-request of the proxy's processes (the replica's and load generator's CPU are not in that
-figure): the median of the rounds' figures, each read in nanoseconds from
+Envoy, vllm-router, sglang-router: see loadtest.peers and scripts/install-peers.sh), Envoy
+with this tree's warmgw as its endpoint picker (target envoy+epp, unless --no-envoy-epp;
+loadtest.envoy_epp), and an aiohttp load generator; this one only orchestrates. For each
+cell (mode JSON or stream, concurrency) the requests of each target are split into rounds,
+and the targets take turns round by round (the order rotating) so that a noisy machine
+slows them alike. Reported per target: req/s, p50/p99 latency, the added latency over
+direct, and CPU microseconds per request of the proxy's processes (the replica's and load
+generator's CPU are not in that figure; for envoy+epp, both processes, and each one's
+apart in a second table): the median of the rounds' figures, each read in nanoseconds from
 /proc/PID/task/*/schedstat (every thread of the process and its descendants); req/s and
 CPU per request also as ratios to the gateway's, CPU as the median of the ratios of the
 same rounds.
@@ -47,6 +49,7 @@ from typing import Any
 
 from loadtest import overhead_meta
 from loadtest.driver import LoadGen
+from loadtest.envoy_epp import envoy_epp_starter
 from loadtest.peers import PEERS
 from loadtest.procs import (
     CLK_TCK,
@@ -61,7 +64,7 @@ from loadtest.procs import (
     run_main,
     running,
 )
-from loadtest.report import compare_table, table
+from loadtest.report import compare_table, parts_table, table
 from loadtest.stats import Run, summarise
 from loadtest.targets import ReplicaSpec, Target, Unavailable, gateway_starter, start_replica
 
@@ -83,6 +86,7 @@ class Options:
     prompt_bytes: int | None = None  # instead of prompt_words: a prompt of exactly N bytes
     strategy: str = "warm"
     peers: tuple[str, ...] = tuple(PEERS)
+    envoy_epp: bool = True  # also Envoy with this tree's warmgw as its EPP (if Envoy is found)
     time_limit: float = 3600.0  # the whole benchmark
     run_limit: float = 60.0  # one run
     out: Path = RESULTS / "overhead.json"
@@ -136,6 +140,9 @@ def parse_args(argv: list[str] | None) -> Options:
     p.add_argument("--peers", default=",".join(PEERS),
                    help=f"peer proxies to try if installed ({','.join(PEERS)}; "
                         "'none' or '' for none)")
+    p.add_argument("--envoy-epp", action=argparse.BooleanOptionalAction, default=True,
+                   help="also measure Envoy with warmgw as its endpoint picker (target "
+                        "envoy+epp; CPU of both and of each; default on, if Envoy is found)")
     p.add_argument("--time-limit", type=float, help="seconds for the whole benchmark (3600)")
     p.add_argument("--run-limit", type=float, help="seconds for one run (60)")
     p.add_argument("--out", type=Path, default=RESULTS / "overhead.json")
@@ -170,7 +177,7 @@ def parse_args(argv: list[str] | None) -> Options:
     opts = replace(
         opts, concurrency=conc, stream=a.stream, max_tokens=a.max_tokens,
         prompt_words=a.prompt_words, prompt_bytes=a.prompt_bytes, strategy=a.strategy,
-        peers=peers, out=a.out, profile=a.profile, py_spy=a.py_spy,
+        peers=peers, envoy_epp=a.envoy_epp, out=a.out, profile=a.profile, py_spy=a.py_spy,
         py_spy_native=a.py_spy_native, pin=a.pin,
         compare_src=a.compare_src.resolve() if a.compare_src else None,
         **{k: v for k, v in given.items() if v is not None},
@@ -207,6 +214,7 @@ class Bench:
                 "time_limit": self.opts.run_limit}
         roles = {"target": target.pids, "replica": self.replica.pids,
                  "loadgen": (self.loadgen.child.pid,)}
+        roles |= {f"target:{part}": pids for part, pids in target.parts}
 
         def probe() -> tuple[dict[str, CpuReading], dict[str, float]]:
             busy, everything = host_cpu()
@@ -217,7 +225,7 @@ class Bench:
         done, before, after = self.loadgen.measure(spec, probe, self.opts.run_limit + 30.0)
         got = {role: cpu_between(before[0][role], after[0][role]) for role in roles}
         delta = {k: after[1][k] - before[1][k] for k in after[1]}
-        ours = got["target"][0] + got["loadgen"][0] + delta["bench"]
+        ours = got["target"][0] + got["loadgen"][0] + delta["bench"]  # parts: in target
         ours += got["replica"][0] if target.proxy else 0.0
         return Run(
             target=target.name, mode=mode, concurrency=c, round=rnd, elapsed=done["elapsed"],
@@ -276,6 +284,8 @@ def start_targets(
     if opts.compare_src is not None:
         starters.append(gateway_starter(kids.workdir, opts.strategy, name=compare or "compare",
                                         src=opts.compare_src))
+    if opts.envoy_epp:
+        starters.append(envoy_epp_starter(kids.workdir, opts.strategy, src=REPO))
     starters += [PEERS[name] for name in opts.peers]
     targets = [replica]
     unavailable: dict[str, str] = {}
@@ -395,6 +405,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{overhead_meta.STANDARD_REQUESTS} requests per cell in "
               f"{overhead_meta.STANDARD_ROUNDS} rounds or more)")
     print(table(results["summary"], results["unavailable"] | results["dropped"]))
+    split = parts_table(results["summary"])
+    if split:
+        print()
+        print(split)
     if m["compare"] is not None:
         print()
         print(compare_table(results["summary"], results["gateway"],

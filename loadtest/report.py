@@ -121,3 +121,35 @@ def compare_table(
         "ratio = median of the rounds' ratios (each round ran both side by side)",
         line(head), "-" * len(line(head)), *(line(b) for b in body),
     ])
+
+
+def parts_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """For the targets made of several processes (Envoy + its EPP): each one's CPU per
+    request, their sum, and how many cores of the first one a core of the last one serves
+    (first's CPU per request over last's); "" if there is no such target."""
+    head = ["mode", "c", "target", "parts us/req", "sum", "per core of the last"]
+    body = []
+    for r in rows:
+        cpu = r.get("cpu_us_per_req", {})
+        parts = [(k.split(":", 1)[1], v) for k, v in cpu.items() if k.startswith("target:")]
+        if len(parts) < 2:
+            continue
+        per = " + ".join(f"{name} {_f(v, '.0f')}" for name, v in parts)
+        first, last = parts[0][1], parts[-1][1]
+        serves = (f"{first / last:.1f} {parts[0][0]} cores per {parts[-1][0]} core"
+                  if first and last else "-")
+        body.append([r["mode"], str(r["concurrency"]), r["target"], per,
+                     _f(cpu.get("target"), ".0f"), serves])
+    if not body:
+        return ""
+    widths = [max([len(h), *(len(b[i]) for b in body)]) for i, h in enumerate(head)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(format(v, ("<" if i in (0, 2, 3, 5) else ">") + str(w))
+                         for i, (v, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
+
+    return "\n".join([
+        "CPU per request of each process of a target (schedstat ns, median of the rounds; "
+        "the sum is the target's own median, so it need not equal the parts' sum):",
+        line(head), "-" * len(line(head)), *(line(b) for b in body),
+    ])

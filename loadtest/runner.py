@@ -35,6 +35,7 @@ from typing import Any
 import aiohttp
 
 from loadtest.balancers import Balancer, BalancerError, Unavailable, Warmgw
+from loadtest.envoy_epp import WarmEnvoy
 from loadtest.peer_balancers import PEERS
 from loadtest.procs import ChildFailed, Children, cpu_seconds, host_cpu
 from loadtest.progress import Progress
@@ -43,7 +44,7 @@ from loadtest.spec import Event, Scenario
 from loadtest.workload import Load, Sample
 
 WARMGW = ("warm", "slow_start", "round_robin")
-STRATEGIES = (*WARMGW, *PEERS)
+STRATEGIES = (*WARMGW, *PEERS, "warm_envoy")  # warm_envoy: warmgw as Envoy's EPP
 READY_TIMEOUT = 90.0  # s for the balancer to route to the initial replicas
 TRACE_EVERY = 0.5  # s between two looks at the balancer's view of the replicas
 GRACE = 30.0  # s for requests in flight at the end
@@ -73,6 +74,8 @@ def make_balancer(strategy: str, *args: Any) -> Balancer:
         return Warmgw(strategy, *args)
     if strategy in PEERS:
         return PEERS[strategy](*args)
+    if strategy == "warm_envoy":
+        return WarmEnvoy(*args)
     raise ValueError(f"unknown strategy {strategy!r} (known: {', '.join(STRATEGIES)})")
 
 

@@ -26,6 +26,8 @@ class Target:
     url: str  # base URL; requests go to url + /v1/completions
     pids: tuple[int, ...]  # this target's processes (their descendants are counted too)
     proxy: bool = True  # False for the replica itself
+    # named groups of pids whose CPU is also reported apart (e.g. Envoy and its EPP)
+    parts: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import pytest
 
 from loadtest import overhead, peers
 from loadtest.procs import CpuReading, cpu_between, descendants, read_cpu
-from loadtest.report import compare_table
+from loadtest.report import compare_table, parts_table
 from loadtest.stacks import parse, report
 from loadtest.stats import Run, percentile, summarise
 from loadtest.targets import Target
@@ -39,7 +39,7 @@ def test_quick_run_measures_both_targets_without_errors(
     t0 = time.monotonic()
     code = overhead.main(
         ["--quick", "--requests", "24", "--concurrency", "1,8", "--peers", "broken",
-         "--out", str(out)]
+         "--no-envoy-epp", "--out", str(out)]
     )
     elapsed = time.monotonic() - t0
     assert code == 0
@@ -76,6 +76,7 @@ def test_another_tree_is_compared_cell_by_cell_with_a_long_prompt(
     out = tmp_path / "overhead.json"
     code = overhead.main(
         ["--quick", "--requests", "24", "--concurrency", "4", "--no-stream", "--peers", "",
+         "--no-envoy-epp",
          "--prompt-bytes", "8192", "--compare-src", str(overhead.REPO), "--out", str(out)]
     )
     assert code == 0
@@ -120,6 +121,24 @@ def test_summary_pools_rounds_and_compares_with_direct() -> None:
     assert gw["added_p50_ms"] == 0.3 and gw["rps_ratio"] == 1.0
     assert gw["added_p50_ms_rounds"] == [0.3, 0.3]
     assert gw["cpu_us_per_req"] == {"target": 1000.0}
+
+
+def test_a_target_of_two_processes_gets_each_ones_cpu_and_how_many_cores_one_serves() -> None:
+    def run(rnd: int, envoy: float, epp: float) -> Run:  # 10 requests: 0.001 s = 100 us/req
+        return Run("envoy+epp", "json", 1, rnd, elapsed=1.0, lat_us=(100,) * 10,
+                   cpu={"target": envoy + epp, "target:envoy": envoy, "target:epp": epp})
+
+    rows = summarise([run(0, 0.003, 0.008), run(1, 0.004, 0.010), run(2, 0.003, 0.009),
+                      Run("warmgw", "json", 1, 0, elapsed=1.0, lat_us=(100,) * 10,
+                          cpu={"target": 0.001})])
+    cpu = rows[0]["cpu_us_per_req"]
+    assert (cpu["target:envoy"], cpu["target:epp"], cpu["target"]) == (300.0, 900.0, 1200.0)
+    text = parts_table(rows)
+    assert text.splitlines()[-1].split() == ["json", "1", "envoy+epp", "envoy", "300", "+",
+                                              "epp", "900", "1200", "0.3", "envoy", "cores",
+                                              "per", "epp", "core"]
+    assert "warmgw" not in text  # one process: nothing to split
+    assert parts_table(rows[1:]) == ""
 
 
 def test_cpu_per_request_is_the_median_of_rounds_and_ratios_pair_rounds() -> None:
