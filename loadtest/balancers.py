@@ -23,6 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from loadtest.procs import Child, Children, free_port
 from loadtest.simfleet import Replica
 from loadtest.spec import Scenario, merge
+from warmgw.config import ConfigError
+from warmgw.config import parse as parse_config
 
 POLL = 0.1  # s between two looks at a balancer's state
 START_TIMEOUT = 60.0
@@ -136,12 +138,16 @@ def last_words(child: Child) -> str:
 
 
 class Warmgw(Balancer):
-    """The gateway as a process, with strategy warm, slow_start or round_robin."""
+    """The gateway as a process, with strategy warm, slow_start or round_robin; or a
+    scenario's variant (loadtest.prefix_spec): a name, one of those strategies and config
+    merged over the scenario's gateway section."""
 
     def __init__(self, strategy: str, *args: Any) -> None:
         super().__init__(*args)
-        self.strategy = strategy
         self.name = strategy
+        variant = self.s.variant(strategy)
+        self.strategy = variant.strategy if variant is not None else strategy
+        self.extra: dict[str, Any] = json.loads(variant.gateway_json) if variant else {}
         self.token = secrets.token_hex(16)
         self.admin = ""
         self.pid = 0
@@ -162,11 +168,19 @@ class Warmgw(Balancer):
                            "aggression": s.slow_start.aggression,
                            "min_weight_percent": s.slow_start.min_weight_percent / 100.0},
         }
-        return merge(base, s.gateway)
+        return merge(merge(base, s.gateway), self.extra)
 
     async def start(self, initial: list[Replica]) -> None:
+        cfg = self.config(initial)
+        try:
+            parse_config(cfg)
+        except ConfigError as e:
+            if self.extra and "unknown key" in str(e):
+                # a variant that needs a gateway option this tree does not have
+                raise Unavailable(f"option not available in this tree: {e}") from None
+            raise BalancerError(f"{self.name}: gateway config: {e}") from None
         path = self.workdir / f"{self.name}.yaml"
-        path.write_text(yaml.safe_dump(self.config(initial), sort_keys=False))
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         argv = [sys.executable, "-m", "warmgw", "--log-level", "info", "serve",
                 "--config", str(path)]
         child = self.kids.start(f"gateway-{self.name}", argv, grace=5.0)
@@ -246,6 +260,13 @@ class Warmgw(Balancer):
     def replica_of(self, headers: Mapping[str, str]) -> str:
         return headers.get("X-Warmgw-Replica", "")
 
+    async def observe(self) -> dict[str, Any]:
+        try:
+            reps = await self._replicas()
+        except (aiohttp.ClientError, TimeoutError, BalancerError):
+            return {}
+        return {n: {"state": r["state"], "weight": r["weight"]} for n, r in reps.items()}
+
     async def report(self) -> dict[str, Any]:
         """From the gateway's /metrics: the cold hits it counted ("replica/reason" -> n),
         the learned profile's size, warmup coverage and refused warmup requests."""
@@ -273,10 +294,3 @@ def gateway_counts(text: str) -> dict[str, Any]:
             elif sample.name in GATEWAY_GAUGES:
                 out[GATEWAY_GAUGES[sample.name]] = round(sample.value, 4)
     return out
-
-    async def observe(self) -> dict[str, Any]:
-        try:
-            reps = await self._replicas()
-        except (aiohttp.ClientError, TimeoutError, BalancerError):
-            return {}
-        return {n: {"state": r["state"], "weight": r["weight"]} for n, r in reps.items()}
