@@ -29,6 +29,11 @@ A scenario names a simulated fleet, a workload, phase lengths and the events of 
     gateway: {warmup: {...}, ramp: {...}}      # warmgw config sections, as in gateway.yaml
     quick: {phases: {...}, ...}                # merged over the file by --quick
 
+The prefix scenario adds (loadtest.prefix_spec): `workload.prefix` (multi-turn sessions on
+shared system prompts, sent by loadtest.sessions instead of the request mix above),
+`strategies` (the scenario's default run order) and `variants` (warmgw under another name,
+with its own config merged over `gateway`).
+
 Actions: add (replicas), remove (replicas), restart (replicas: a simulated process
 restart; with `signal: kill` or `signal: term` and `fleet.processes: each`, a real
 SIGKILL or SIGTERM to the replica's own process, started again on its port, one replica
