@@ -43,7 +43,11 @@ bench: $(STAMP) peers
 	$(PY) -m loadtest run scale_up && $(PY) -m loadtest run cutover \
 		&& $(PY) -m loadtest run learned_warmup \
 		&& $(PY) -m loadtest run restart --strategies warm,envoy,haproxy \
-		&& $(PY) -m loadtest.overhead --requests 1500
+		&& $(PY) -m loadtest run prefix \
+		&& $(PY) -m loadtest.overhead --requests 1500 \
+		&& $(PY) -m loadtest.overhead --requests 1500 --concurrency 16 --prompt-bytes 8192 \
+			--prefix-routing --out loadtest/results/overhead-8k.json \
+		&& $(PY) -m loadtest.hashbench
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

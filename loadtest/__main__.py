@@ -25,9 +25,9 @@ from pathlib import Path
 
 import uvloop
 
-from loadtest import plot, scenario_report, spec
+from loadtest import plot, prefix_report, scenario_report, spec
 from loadtest.progress import Progress
-from loadtest.runner import STRATEGIES, run_all
+from loadtest.runner import STRATEGIES, default_strategies, known, run_all
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -38,8 +38,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run a scenario")
     r.add_argument("scenario", help="a name from loadtest/scenarios/ or a YAML file")
-    r.add_argument("--strategies", default=",".join(STRATEGIES),
-                   help=f"comma-separated, in run order (default {','.join(STRATEGIES)})")
+    r.add_argument("--strategies",
+                   help=f"comma-separated, in run order (default: the scenario's "
+                        f"`strategies`, else {','.join(STRATEGIES)})")
     r.add_argument("--quick", action="store_true", help="the scenario's short variant (CI)")
     r.add_argument("--out", type=Path, help="result directory (default loadtest/results/"
                                             "SCENARIO-TIMESTAMP)")
@@ -54,16 +55,21 @@ def write_outputs(out: Path, data: dict[str, object], s: spec.Scenario) -> str:
     scenario_report.write_json(out / "result.json", data)
     text = scenario_report.markdown(data, s)
     (out / "report.md").write_text(text)
-    plotted = plot.plot(data, out / "plot.png")
+    if s.workload.prefix is not None:
+        newcomers = [r.name for r in s.fleet.replicas if not r.initial]
+        plotted = prefix_report.plot(data, out / "plot.png", newcomers)
+    else:
+        plotted = plot.plot(data, out / "plot.png")
     return text if plotted else text + "\n(no plot: matplotlib missing or nothing ran)\n"
 
 
 async def run(args: argparse.Namespace) -> int:
     s = spec.load(args.scenario, args.quick)
-    strategies = [x.strip() for x in args.strategies.split(",") if x.strip()]
+    given = args.strategies or ",".join(default_strategies(s))
+    strategies = [x.strip() for x in given.split(",") if x.strip()]
     for x in strategies:
-        if x not in STRATEGIES:
-            raise spec.SpecError(f"--strategies: unknown {x!r} (known: {', '.join(STRATEGIES)})")
+        if x not in known(s):
+            raise spec.SpecError(f"--strategies: unknown {x!r} (known: {', '.join(known(s))})")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = args.out or RESULTS / f"{s.name}-{stamp}"
     out.mkdir(parents=True, exist_ok=True)

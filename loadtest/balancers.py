@@ -23,6 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from loadtest.procs import Child, Children, free_port
 from loadtest.simfleet import Replica
 from loadtest.spec import Scenario, merge
+from warmgw.config import ConfigError
+from warmgw.config import parse as parse_config
 
 POLL = 0.1  # s between two looks at a balancer's state
 START_TIMEOUT = 60.0
@@ -136,12 +138,16 @@ def last_words(child: Child) -> str:
 
 
 class Warmgw(Balancer):
-    """The gateway as a process, with strategy warm, slow_start or round_robin."""
+    """The gateway as a process, with strategy warm, slow_start or round_robin; or a
+    scenario's variant (loadtest.prefix_spec): a name, one of those strategies and config
+    merged over the scenario's gateway section."""
 
     def __init__(self, strategy: str, *args: Any) -> None:
         super().__init__(*args)
-        self.strategy = strategy
         self.name = strategy
+        variant = self.s.variant(strategy)
+        self.strategy = variant.strategy if variant is not None else strategy
+        self.extra: dict[str, Any] = json.loads(variant.gateway_json) if variant else {}
         self.token = secrets.token_hex(16)
         self.admin = ""
         self.http = ""  # the gateway's HTTP listener (its /metrics); users' URL is .url
@@ -163,11 +169,19 @@ class Warmgw(Balancer):
                            "aggression": s.slow_start.aggression,
                            "min_weight_percent": s.slow_start.min_weight_percent / 100.0},
         }
-        return merge(base, s.gateway)
+        return merge(merge(base, s.gateway), self.extra)
 
     async def start(self, initial: list[Replica]) -> None:
+        cfg = self.config(initial)
+        try:
+            parse_config(cfg)
+        except ConfigError as e:
+            if self.extra and "unknown key" in str(e):
+                # a variant that needs a gateway option this tree does not have
+                raise Unavailable(f"option not available in this tree: {e}") from None
+            raise BalancerError(f"{self.name}: gateway config: {e}") from None
         path = self.workdir / f"{self.name}.yaml"
-        path.write_text(yaml.safe_dump(self.config(initial), sort_keys=False))
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         argv = [sys.executable, "-m", "warmgw", "--log-level", "info", "serve",
                 "--config", str(path)]
         child = self.kids.start(f"gateway-{self.name}", argv, grace=5.0)

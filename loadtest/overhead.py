@@ -1,7 +1,8 @@
 """The gateway's overhead: the same load sent straight to a replica and through warmgw.
 
     .venv/bin/python -m loadtest.overhead [--quick] [--requests N] [--rounds N]
-        [--concurrency 1,16,64] [--prompt-bytes N] [--compare-src DIR] [--peers a,b|'']
+        [--concurrency 1,16,64] [--prompt-bytes N] [--prefix-routing] [--compare-src DIR]
+        [--peers a,b|'']
 
 Four processes: a simulated replica with near-zero latency, the gateway (`python -m warmgw
 serve`, from this source tree), the peer proxies that are installed (nginx, HAProxy,
@@ -85,6 +86,7 @@ class Options:
     prompt_words: int = 16  # ~5 bytes a word; the simulator counts a token per word
     prompt_bytes: int | None = None  # instead of prompt_words: a prompt of exactly N bytes
     strategy: str = "warm"
+    prefix_routing: bool = False  # the gateway hashes every prompt (routing.prefix.enabled)
     peers: tuple[str, ...] = tuple(PEERS)
     envoy_epp: bool = True  # also Envoy with this tree's warmgw as its EPP (if Envoy is found)
     time_limit: float = 3600.0  # the whole benchmark
@@ -137,6 +139,9 @@ def parse_args(argv: list[str] | None) -> Options:
     p.add_argument("--prompt-bytes", type=int, metavar="N",
                    help="a prompt of N bytes instead (e.g. 8192: about 1,700 words)")
     p.add_argument("--strategy", default="warm", choices=["warm", "round_robin"])
+    p.add_argument("--prefix-routing", action="store_true",
+                   help="prefix affinity on in the gateway (routing.prefix.enabled), so every "
+                        "prompt is hashed: with --prompt-bytes 8192, the hashing's cost")
     p.add_argument("--peers", default=",".join(PEERS),
                    help=f"peer proxies to try if installed ({','.join(PEERS)}; "
                         "'none' or '' for none)")
@@ -177,6 +182,7 @@ def parse_args(argv: list[str] | None) -> Options:
     opts = replace(
         opts, concurrency=conc, stream=a.stream, max_tokens=a.max_tokens,
         prompt_words=a.prompt_words, prompt_bytes=a.prompt_bytes, strategy=a.strategy,
+        prefix_routing=a.prefix_routing,
         peers=peers, envoy_epp=a.envoy_epp, out=a.out, profile=a.profile, py_spy=a.py_spy,
         py_spy_native=a.py_spy_native, pin=a.pin,
         compare_src=a.compare_src.resolve() if a.compare_src else None,
@@ -186,6 +192,11 @@ def parse_args(argv: list[str] | None) -> Options:
         p.error("need concurrency >= 1, rounds >= 1 and requests >= rounds")
     if opts.pin and len(os.sched_getaffinity(0)) < 2:
         p.error("--pin: needs 2 CPUs or more")
+    if opts.prefix_routing and opts.compare_src is not None:
+        p.error("--prefix-routing with --compare-src: the reference tree may not know the "
+                "routing section; compare without it")
+    if opts.prefix_routing and opts.strategy == "round_robin":
+        p.error("--prefix-routing: round_robin never uses affinity (use --strategy warm)")
     if opts.prompt_bytes is not None and opts.prompt_bytes < 1:
         p.error(f"--prompt-bytes: expected a size >= 1, got {opts.prompt_bytes}")
     words = len(opts.prompt().split())
@@ -280,7 +291,8 @@ def start_targets(
     if opts.profile == "cprofile":
         wrap = ["-m", "cProfile", "-o", str(opts.out.with_name("gateway.prof"))]
     # this tree's warmgw, whatever else the environment would import
-    starters = [gateway_starter(kids.workdir, opts.strategy, wrap, src=REPO)]
+    routing = {"prefix": {"enabled": True}} if opts.prefix_routing else None
+    starters = [gateway_starter(kids.workdir, opts.strategy, wrap, src=REPO, routing=routing)]
     if opts.compare_src is not None:
         starters.append(gateway_starter(kids.workdir, opts.strategy, name=compare or "compare",
                                         src=opts.compare_src))
@@ -396,7 +408,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"warmgw overhead: tree {overhead_meta.tree_label(m['git'])}, 1 sim replica (ttft 0, "
         f"itl 0, max_tokens {opts.max_tokens}, prompt {prompt}), "
-        f"strategy {opts.strategy}, {opts.requests} requests per cell in {opts.rounds} "
+        f"strategy {opts.strategy}" + (", prefix routing on" if opts.prefix_routing else "")
+        + f", {opts.requests} requests per cell in {opts.rounds} "
         f"interleaved rounds, {m['cpus']} CPUs, {m['elapsed_s']} s"
         + (" [PROFILED: not comparable]" if m["profiled"] else "")
     )

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -39,12 +40,15 @@ from loadtest.envoy_epp import WarmEnvoy
 from loadtest.peer_balancers import PEERS
 from loadtest.procs import ChildFailed, Children, cpu_seconds, host_cpu
 from loadtest.progress import Progress
+from loadtest.router_balancers import ROUTERS
+from loadtest.sessions import SessionLoad
 from loadtest.simfleet import SimFleet
 from loadtest.spec import Event, Scenario
 from loadtest.workload import Load, Sample
 
 WARMGW = ("warm", "slow_start", "round_robin")
-STRATEGIES = (*WARMGW, *PEERS, "warm_envoy")  # warm_envoy: warmgw as Envoy's EPP
+STRATEGIES = (*WARMGW, *PEERS, "warm_envoy")  # the default run order (warm_envoy: Envoy's EPP)
+KNOWN = (*STRATEGIES, *ROUTERS)  # and a scenario's variants (Scenario.variants)
 READY_TIMEOUT = 90.0  # s for the balancer to route to the initial replicas
 TRACE_EVERY = 0.5  # s between two looks at the balancer's view of the replicas
 GRACE = 30.0  # s for requests in flight at the end
@@ -67,16 +71,28 @@ class StrategyRun:
     # newcomer -> its user requests that paid a first-use cost (SimFleet.user_cold)
     newcomer_cold: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     balancer: dict[str, Any] = field(default_factory=dict)  # Balancer.report() at the end
+    turns: list[dict[str, Any]] = field(default_factory=list)  # SessionLoad.turns
 
 
-def make_balancer(strategy: str, *args: Any) -> Balancer:
-    if strategy in WARMGW:
-        return Warmgw(strategy, *args)
+def known(s: Scenario) -> tuple[str, ...]:
+    return (*KNOWN, *(v.name for v in s.variants if v.name not in KNOWN))
+
+
+def default_strategies(s: Scenario) -> tuple[str, ...]:
+    return s.strategies or STRATEGIES
+
+
+def make_balancer(strategy: str, kids: Children, workdir: Path, s: Scenario,
+                  *args: Any) -> Balancer:
+    if strategy in WARMGW or s.variant(strategy) is not None:
+        return Warmgw(strategy, kids, workdir, s, *args)
     if strategy in PEERS:
-        return PEERS[strategy](*args)
+        return PEERS[strategy](kids, workdir, s, *args)
+    if strategy in ROUTERS:
+        return ROUTERS[strategy](kids, workdir, s, *args)
     if strategy == "warm_envoy":
-        return WarmEnvoy(*args)
-    raise ValueError(f"unknown strategy {strategy!r} (known: {', '.join(STRATEGIES)})")
+        return WarmEnvoy(kids, workdir, s, *args)
+    raise ValueError(f"unknown strategy {strategy!r} (known: {', '.join(known(s))})")
 
 
 class Clock:
@@ -141,7 +157,11 @@ async def _run(s: Scenario, strategy: str, workdir: Path, kids: Children,
     run.setup["balancer"] = round(time.monotonic() - t, 2)
     run.sim["start"] = await fleet.stats()
 
-    load = Load(bal.url, s.workload, s.fleet.sim.model, bal.replica_of)
+    load: Load | SessionLoad
+    if s.workload.prefix is not None:
+        load = SessionLoad(bal.url, s.workload, s.fleet.sim.model, bal.replica_of)
+    else:
+        load = Load(bal.url, s.workload, s.fleet.sim.model, bal.replica_of)
     cpu0 = _cpu()
     await load.start(stop_at=s.limit)
     clock = Clock(load, s.limit)
@@ -162,6 +182,21 @@ async def _run(s: Scenario, strategy: str, workdir: Path, kids: Children,
     run.sim["end"] = await fleet.stats()
     run.newcomer_cold = await fleet.user_cold(newcomers(s))
     run.balancer = await bal.report()
+    if isinstance(load, SessionLoad):
+        run.turns, run.samples = await served_by(fleet, load)
+
+
+async def served_by(fleet: SimFleet, load: SessionLoad
+                    ) -> tuple[list[dict[str, Any]], list[Sample]]:
+    """The session load's records and samples with the replica that served each request,
+    from the replicas' own request logs (by X-Request-Id): a balancer need not say."""
+    where = await fleet.served_by()
+    turns, samples = [], []
+    for rec, smp in zip(load.turns, load.samples, strict=True):
+        name = where.get(rec["rid"], rec["replica"])
+        turns.append({**rec, "replica": name})
+        samples.append(smp if smp.replica == name else dataclasses.replace(smp, replica=name))
+    return turns, samples
 
 
 def newcomers(s: Scenario) -> list[str]:

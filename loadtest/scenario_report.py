@@ -12,6 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from loadtest import prefix_report
 from loadtest.runner import StrategyRun
 from loadtest.spec import Scenario
 from loadtest.summary import CLAIM_RATIO, PHASES, claim, summarise
@@ -50,6 +51,9 @@ def add_summaries(data: dict[str, Any], s: Scenario) -> None:
              "lat": math.nan if x["lat"] is None else x["lat"]} for x in rec["samples"]]}
         rec["summary"] = summarise(plain, newcomers)
     data["claim"] = claim({k: v["summary"] for k, v in data["strategies"].items()})
+    if s.workload.prefix is not None:
+        prefix_report.add_prefix_summaries(data, [r.name for r in s.fleet.initial], newcomers,
+                                           s.fleet.sim.prefix_block_tokens)
 
 
 def result(s: Scenario, runs: Sequence[StrategyRun], meta: Mapping[str, Any]) -> dict[str, Any]:
@@ -108,6 +112,14 @@ def _workload_line(s: Scenario) -> str:
             f"{w.chat_fraction:.0%} chat; seed {w.seed}")
     if w.stream_usage:
         line += f"; {w.stream_usage:.0%} of streams ask for usage"
+    if w.prefix is not None:
+        p = w.prefix
+        return (f"{arr}; multi-turn chat sessions on {p.system_prompts} shared system prompts "
+                f"of {p.system_tokens[0]}-{p.system_tokens[1]} tokens (Zipf {p.zipf:g}), "
+                f"{p.turns[0]}-{p.turns[1]} turns of {p.turn_tokens[0]}-{p.turn_tokens[1]} "
+                f"tokens (+{p.answer_tokens} for each answer kept), session header "
+                f"{p.session_header or 'none'}; every request streamed with usage; max_tokens "
+                f"{toks}; seed {w.seed}")
     if w.mixes:
         total = sum(m.weight for m in w.mixes)
         line += "; feature mixes: " + ", ".join(
@@ -120,6 +132,8 @@ def _fleet_line(s: Scenario) -> str:
     c = s.fleet.sim
     init = ", ".join(r.name for r in s.fleet.initial)
     later = ", ".join(f"{r.name} ({r.pool})" for r in s.fleet.replicas if not r.initial)
+    cache = (f"; prefix cache {c.prefix_cache_blocks} blocks of {c.prefix_block_tokens} "
+             "tokens per replica (LRU)" if c.prefix_cache_blocks else "")
     return (f"initial {init} (pool {s.fleet.active_pool})" + (f"; later {later}" if later else "")
             + f". Simulated replica: TTFT {c.ttft_base * 1000:g} ms + "
             f"{c.ttft_per_prompt_token * 1e6:g} us/prompt token, {c.itl * 1000:g} ms/token, "
@@ -127,7 +141,7 @@ def _fleet_line(s: Scenario) -> str:
             f"{c.cold_shape_penalty:g} s per new prompt bucket + {c.cold_batch_penalty:g} s "
             f"per new batch size" + _buckets(c) + _features(c)
             + (f"; restart loads for {c.load_time:g} s refusing connections"
-               if c.refuse_while_loading else ""))
+               if c.refuse_while_loading else "") + cache)
 
 
 def _buckets(c: SimConfig) -> str:
@@ -199,6 +213,7 @@ def markdown(data: Mapping[str, Any], s: Scenario) -> str:
         "",
         "## Summary",
         "",
+        *prefix_report.markdown(data, [r.name for r in s.fleet.initial]),
     ]
     rows = []
     for name, rec in strategies.items():

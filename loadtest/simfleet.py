@@ -35,6 +35,7 @@ from loadtest.procs import Child, Children, free_port
 from loadtest.spec import Fleet, ReplicaDef, Workload
 from loadtest.workload import every_request, request_for
 from warmgw.sim import WARMUP_HEADER, SimConfig
+from warmgw.sim.config import PENALTIES
 
 LINE = re.compile(r"sim replica (\S+) serving model \S+ at (http://\S+)")
 START_TIMEOUT = 20.0
@@ -211,6 +212,23 @@ class SimFleet:
         got = await asyncio.gather(*(one(n) for n in names))
         return dict(zip(names, got, strict=True))
 
+    async def served_by(self) -> dict[str, str]:
+        """X-Request-Id -> the name of the replica that served it, for every user request
+        in the replicas' logs that carried one."""
+
+        async def one(name: str) -> list[str]:
+            try:
+                status, data = await self._get(self.replicas[name].url + "/sim/requests")
+            except (aiohttp.ClientError, TimeoutError, ValueError):
+                return []
+            recs = data.get("requests", []) if status == 200 and isinstance(data, dict) else []
+            return [r["request_id"] for r in recs
+                    if not r.get("warmup") and r.get("request_id")]
+
+        names = list(self.replicas)
+        got = await asyncio.gather(*(one(n) for n in names))
+        return {rid: n for n, rids in zip(names, got, strict=True) for rid in rids}
+
     # -- prewarm ------------------------------------------------------------------------
 
     async def prewarm(self, names: list[str], workload: Workload) -> int:
@@ -218,8 +236,11 @@ class SimFleet:
         prompt size, kind and feature mix, max_running at a time, so every batch size is
         reached), until a whole round paid no first-use cost on any of them and every
         batch bucket is warm, by the simulator's own accounting (/sim/stats). Returns the
-        warmup requests sent. (The simulator's first-use costs do not depend on
-        streaming, so the requests are not streamed.)"""
+        warmup requests sent (none when the fleet's first uses cost nothing). (The
+        simulator's first-use costs do not depend on streaming, so the requests are not
+        streamed.)"""
+        if not any(getattr(self.fleet.sim, p) for p in PENALTIES):
+            return 0  # no first use costs anything: nothing to warm
         bodies = [request_for(s, self.fleet.sim.model, workload.text)
                   for s in every_request(workload)]
         batches = set(self.fleet.sim.batch_buckets)

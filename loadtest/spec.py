@@ -29,6 +29,11 @@ A scenario names a simulated fleet, a workload, phase lengths and the events of 
     gateway: {warmup: {...}, ramp: {...}}      # warmgw config sections, as in gateway.yaml
     quick: {phases: {...}, ...}                # merged over the file by --quick
 
+The prefix scenario adds (loadtest.prefix_spec): `workload.prefix` (multi-turn sessions on
+shared system prompts, sent by loadtest.sessions instead of the request mix above),
+`strategies` (the scenario's default run order) and `variants` (warmgw under another name,
+with its own config merged over `gateway`).
+
 Actions: add (replicas), remove (replicas), restart (replicas: a simulated process
 restart; with `signal: kill` or `signal: term` and `fleet.processes: each`, a real
 SIGKILL or SIGTERM to the replica's own process, started again on its port, one replica
@@ -47,6 +52,14 @@ from typing import Any
 import yaml
 
 from loadtest.mixes import TEXTS, Mix, parse_mixes
+from loadtest.prefix_spec import (
+    PrefixSpecError,
+    PrefixWorkload,
+    Variant,
+    parse_prefix,
+    parse_strategies,
+    parse_variants,
+)
 from warmgw.sim import SimConfig
 from warmgw.sim.cold import COLD_RULES, cold_rules
 
@@ -59,7 +72,7 @@ SIM_KEYS = {
     "default_max_tokens", "jitter", "seed", "chars_per_token", "prompt_buckets",
     "prompt_bucket_factor", "prompt_bucket_min", "batch_sizes", "lora_adapters", "max_loras",
     "cold_adapter_penalty", "cold_grammar_penalty", "cold_tools_penalty",
-    "cold_logprobs_penalty", "cold_n_penalty",
+    "cold_logprobs_penalty", "cold_n_penalty", "prefix_block_tokens", "prefix_cache_blocks",
 }
 SIM_TUPLES = {"prompt_buckets", "batch_sizes", "lora_adapters"}
 
@@ -88,6 +101,7 @@ class Workload:
     mixes: tuple[Mix, ...] = ()  # feature mixes (loadtest.mixes); (): every request plain
     text: str = "repeat"  # prompt text: repeat | mixed
     stream_usage: float = 0.0  # share of streams that ask for usage in the last event
+    prefix: PrefixWorkload | None = None  # multi-turn sessions (loadtest.sessions) instead
 
 
 @dataclass(frozen=True)
@@ -178,6 +192,11 @@ class Scenario:
     limit: float
     quick: bool = False
     raw: Mapping[str, Any] = field(default_factory=dict)
+    strategies: tuple[str, ...] = ()  # the default run order (): the runner's
+    variants: tuple[Variant, ...] = ()  # named warmgw configurations (loadtest.prefix_spec)
+
+    def variant(self, name: str) -> Variant | None:
+        return next((v for v in self.variants if v.name == name), None)
 
 
 # -- reading ----------------------------------------------------------------------------
@@ -269,7 +288,8 @@ def _fraction(data: Mapping[str, Any], key: str, default: float, where: str) -> 
 def _workload(raw: Any) -> Workload:
     w = _map(raw, "workload")
     _only(w, {"seed", "prompt_words", "max_tokens", "stream_fraction", "chat_fraction",
-              "arrivals", "request_timeout", "mixes", "text", "stream_usage"}, "workload")
+              "arrivals", "request_timeout", "mixes", "text", "stream_usage", "prefix"},
+          "workload")
     a = _map(w.get("arrivals"), "workload.arrivals")
     _only(a, {"kind", "concurrency", "rate", "max_inflight"}, "workload.arrivals")
     kind = a.get("kind", "closed")
@@ -284,12 +304,16 @@ def _workload(raw: Any) -> Workload:
     seed = w.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise SpecError(f"workload.seed: expected a whole number, got {seed!r}")
+    if "prefix" in w and kind != "closed":
+        raise SpecError("workload.prefix: sessions need arrivals.kind: closed (a client runs "
+                        "its sessions one turn after the other)")
     d = Workload()
     text = w.get("text", d.text)
     if text not in TEXTS:
         raise SpecError(f"workload.text: expected {' or '.join(TEXTS)}, got {text!r}")
     try:
         mixes = parse_mixes(w.get("mixes"), _weights)
+        prefix = parse_prefix(w.get("prefix"))
     except ValueError as e:
         raise SpecError(str(e)) from None
     return Workload(
@@ -303,6 +327,7 @@ def _workload(raw: Any) -> Workload:
         request_timeout=_num(w, "request_timeout", d.request_timeout, "workload", True),
         mixes=mixes, text=text,
         stream_usage=_fraction(w, "stream_usage", d.stream_usage, "workload"),
+        prefix=prefix,
     )
 
 
@@ -397,7 +422,7 @@ def _event(raw: Any, i: int, fleet: Fleet) -> Event:
 def parse(data: Any, quick: bool = False, default_name: str = "scenario") -> Scenario:
     data = _map(data, "scenario")
     _only(data, {"name", "description", "fleet", "workload", "phases", "events", "slow_start",
-                 "health", "gateway", "limit", "quick"}, "scenario")
+                 "health", "gateway", "limit", "quick", "strategies", "variants"}, "scenario")
     if quick:
         data = merge(data, _map(data.get("quick"), "quick"))
     fleet = _fleet(data.get("fleet"))
@@ -439,7 +464,13 @@ def parse(data: Any, quick: bool = False, default_name: str = "scenario") -> Sce
     need = phases.warmup + phases.steady + phases.during + phases.after
     if limit < need:
         raise SpecError(f"limit: {limit:g} s is shorter than the phases ({need:g} s)")
+    try:
+        strategies, variants = parse_strategies(data.get("strategies")), parse_variants(
+            data.get("variants"))
+    except PrefixSpecError as e:
+        raise SpecError(str(e)) from None
     return Scenario(
+        strategies=strategies, variants=variants,
         name=name, description=str(data.get("description", "")).strip(), fleet=fleet,
         workload=_workload(data.get("workload")), phases=phases, events=events,
         slow_start=slow, health=health, gateway=dict(gateway), limit=limit, quick=quick,

@@ -74,8 +74,10 @@ TINY_WARMUP: dict[str, Any] = {
 }
 
 
-def gateway_config(replica_url: str, port: int, strategy: str) -> dict[str, Any]:
-    return {
+def gateway_config(replica_url: str, port: int, strategy: str,
+                   routing: dict[str, Any] | None = None) -> dict[str, Any]:
+    """routing: the gateway's `routing` section (e.g. prefix affinity on), None: none."""
+    return ({"routing": routing} if routing else {}) | {
         "listen": {"host": "127.0.0.1", "port": port},
         "admin": {"host": "127.0.0.1", "port": free_port()},
         "strategy": strategy,
@@ -92,18 +94,21 @@ def gateway_starter(
     name: str = "warmgw",
     src: Path | None = None,
     timeout: float = 40.0,
+    routing: dict[str, Any] | None = None,
 ) -> Starter:
     """warmgw as `python -m warmgw serve --config FILE`.
 
     wrap goes before `-m warmgw` (e.g. ["-m", "cProfile", "-o", PATH] for a profiling
     run); src runs the warmgw package found in that source tree (e.g. an export of another
-    commit) instead of the installed one, to compare two versions in one run.
+    commit) instead of the installed one, to compare two versions in one run; routing:
+    the config's `routing` section.
     """
 
     def start(kids: Children, replica_url: str) -> Target:
         port = free_port()
         config = workdir / f"{name}.yaml"
-        config.write_text(yaml.safe_dump(gateway_config(replica_url, port, strategy)))
+        config.write_text(yaml.safe_dump(gateway_config(replica_url, port, strategy,
+                                                        routing)))
         argv = [sys.executable, *(wrap or []), "-m", "warmgw", "serve", "--config", str(config)]
         env = None
         if src is not None:

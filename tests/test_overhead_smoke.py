@@ -233,3 +233,35 @@ def test_stack_categories() -> None:
     text = report(parse(stacks))
     assert "75.0%  syscall write (upstream client)" in text
     assert "25.0%  warmgw/proxy.py" in text
+
+
+@pytest.mark.timeout(60)
+def test_quick_8k_cell_with_prefix_routing(tmp_path: Path) -> None:
+    """The 8 KB cell of `make bench`: the gateway runs with prefix affinity on (its config
+    says so, and this tree's config parser accepts it), every request succeeds."""
+    from loadtest.targets import gateway_config
+    from warmgw.config import parse as parse_config
+
+    cfg = parse_config(gateway_config("http://127.0.0.1:9", 8000, "warm",
+                                      {"prefix": {"enabled": True}}))
+    assert cfg.routing.prefix.enabled
+    assert "routing" not in gateway_config("http://127.0.0.1:9", 8000, "warm")
+    out = tmp_path / "overhead-8k.json"
+    code = overhead.main(["--quick", "--requests", "20", "--concurrency", "4", "--no-stream",
+                          "--prompt-bytes", "8192", "--prefix-routing", "--peers", "",
+                          "--out", str(out)])
+    assert code == 0
+    results = json.loads(out.read_text())
+    assert results["meta"]["options"]["prefix_routing"] is True
+    assert results["meta"]["options"]["prompt_chars"] == 8192
+    for r in results["summary"]:
+        assert r["errors"] == 0, r["error_samples"]
+
+
+@pytest.mark.parametrize("argv", [
+    ["--prefix-routing", "--compare-src", "."],
+    ["--prefix-routing", "--strategy", "round_robin"],
+])
+def test_prefix_routing_refuses_what_would_not_measure_it(argv: list[str]) -> None:
+    with pytest.raises(SystemExit):
+        overhead.parse_args(argv)

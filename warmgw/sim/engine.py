@@ -50,6 +50,8 @@ class RequestRecord:
     model: str = ""  # the model named (base model or LoRA adapter); "" if unparsed
     features: tuple[str, ...] = ()  # Features.tags(), e.g. ("adapter:sql-lora", "n:2")
     cold: tuple[str, ...] = ()  # first uses paid for, e.g. ("prompt_bucket:48", "logprobs")
+    request_id: str = ""  # the X-Request-Id header, if any
+    cached_tokens: int = -1  # prompt tokens found in the prefix cache; -1: cache off
 
     def as_json(self) -> dict[str, Any]:
         out = asdict(self)

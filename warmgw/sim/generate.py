@@ -58,6 +58,8 @@ class Generation:
         self.features: tuple[str, ...] = ()
         self.paid_cold = False
         self.cold: tuple[str, ...] = ()
+        self.request_id = request.headers.get("X-Request-Id", "")
+        self.cached_tokens = -1
         self.ttft: float | None = None
         self.generated = 0
         self.status = 0
@@ -78,6 +80,8 @@ class Generation:
             model=self.model,
             features=self.features,
             cold=self.cold,
+            request_id=self.request_id,
+            cached_tokens=self.cached_tokens,
         )
 
     def _elapsed(self) -> float:
@@ -107,6 +111,7 @@ class Generation:
                 metrics.prefix_queries.inc(req.prompt_tokens)
                 metrics.prefix_hits.inc(cached)
                 req = dataclasses.replace(req, cached_tokens=cached)
+                self.cached_tokens = cached
             timing = self.process.latency.plan(
                 req.prompt_tokens, req.max_tokens, running, req.features, cached
             )
