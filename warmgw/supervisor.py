@@ -180,6 +180,9 @@ class Supervisor:
                 rec = self.replicas.get(ep.name)
                 if rec is not None:
                     rec.engine = engine_gauges(text)
+                    tokens = rec.engine.get("cache_tokens")
+                    if tokens is not None:
+                        self.registry.cache_size(ep.name, int(tokens))
                 return start_marker(text)
         except asyncio.CancelledError:
             raise

@@ -67,10 +67,14 @@ class Affinity:
         self.sessions = SessionIndex(params.session)
         self.affine = 0  # picks a session or a cached prefix took from the plain pick
 
-    def capacity(self, bytes_per_token: float) -> int:
+    def capacity(self, bytes_per_token: float, cache_tokens: int = 0) -> int:
+        """How many chunks the index remembers of a replica: what its cache holds, from its
+        /metrics (cache_tokens) or else from config (replica_cache_tokens), turned into
+        chunks of prompt bytes; else replica_chunks."""
         p = self.params.prefix
-        if p.replica_cache_tokens > 0:
-            return max(1, int(p.replica_cache_tokens * bytes_per_token / p.chunk_bytes))
+        tokens = cache_tokens or p.replica_cache_tokens
+        if tokens > 0:
+            return max(1, int(tokens * bytes_per_token / p.chunk_bytes))
         return p.replica_chunks
 
     def pick(self, route: Route, facts: RequestFacts, rng: random.Random, now: float

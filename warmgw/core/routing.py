@@ -204,7 +204,7 @@ class Router:
             if ep is None:
                 return None
             bpt = self.ratios.ratios.get(facts.model or "", DEFAULT_BYTES_PER_TOKEN)
-            aff.record(ep, facts, aff.capacity(bpt), now)
+            aff.record(ep, facts, aff.capacity(bpt, ep.cache_tokens), now)
         else:
             ep = pick(route, self.rng, now, tried, self._cursor)
             if ep is None:
