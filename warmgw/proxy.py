@@ -23,7 +23,14 @@ from urllib.parse import urlsplit
 
 from warmgw import errors
 from warmgw.config import UpstreamParams
-from warmgw.core.facts import Refusal, RequestFacts, from_json, prompt_tokens_of, route_of
+from warmgw.core.facts import (
+    Refusal,
+    RequestFacts,
+    cached_tokens_of,
+    from_json,
+    prompt_tokens_of,
+    route_of,
+)
 from warmgw.core.lifecycle import State
 from warmgw.core.model import Endpoint, Route, Snapshot
 from warmgw.core.registry import Transition
@@ -244,7 +251,8 @@ class Proxy:
                 body = await up.read()
             except Cut as e:
                 return self._failed(req, ticket, rid, e)
-            ticket.complete(status, prompt_tokens=prompt_tokens_of(body))
+            ticket.complete(status, prompt_tokens=prompt_tokens_of(body),
+                            cached_tokens=cached_tokens_of(body) if ticket.uncached >= 0 else -1)
             req.conn.respond(status, out, body)
         finally:
             up.release()
@@ -292,7 +300,8 @@ class Proxy:
         except ConnectionResetError:
             ticket.left()
             return
-        ticket.complete(up.status, streamed=True, prompt_tokens=prompt_tokens_of(last))
+        ticket.complete(up.status, streamed=True, prompt_tokens=prompt_tokens_of(last),
+                        cached_tokens=cached_tokens_of(last) if ticket.uncached >= 0 else -1)
 
     async def _cut(self, conn: Connection, ticket: Ticket, sse: bool, last: bytes,
                    e: Cut) -> None:

@@ -79,6 +79,11 @@ class Affinity:
 
     def pick(self, route: Route, facts: RequestFacts, rng: random.Random, now: float
              ) -> Endpoint:
+        return self.choose(route, facts, rng, now)[0]
+
+    def choose(self, route: Route, facts: RequestFacts, rng: random.Random, now: float
+               ) -> tuple[Endpoint, int]:
+        """The pick, and how many of the request's leading chunks the index says it holds."""
         group = choose_group(route, rng)
         eps = group.endpoints
         if group.uniform:
@@ -86,7 +91,7 @@ class Affinity:
         else:
             plain = least_loaded_split(group.full, group.ramping, rng, now)
         if len(eps) == 1:
-            return plain
+            return plain, self._depth(plain, facts.chunks, now)
         inflight = sum(e.inflight for e in eps)
         weight = float(len(eps)) if group.uniform else _weight_of(group, now)
         eps_ = self.params.prefix.epsilon
@@ -101,15 +106,15 @@ class Affinity:
                         w = e.weight(now)
                         if w > 0.0 and under_bound(e, w, inflight, weight, eps_, True):
                             self.affine += 1
-                            return e
+                            return e, self._depth(e, facts.chunks, now)
                         break
         chunks = facts.chunks
         if not chunks:
-            return plain
+            return plain, 0
         p = self.params.prefix
         depth = self.prefix.match(chunks, now)
         if not depth:
-            return plain
+            return plain, 0
         cost = p.load_cost
         best = plain
         w0 = plain.weight(now)
@@ -129,7 +134,10 @@ class Affinity:
                 best, best_score, took = e, score, True
         if took:
             self.affine += 1
-        return best
+        return best, depth.get(best.name, 0)
+
+    def _depth(self, e: Endpoint, chunks: tuple[int, ...], now: float) -> int:
+        return self.prefix.match(chunks, now).get(e.name, 0) if chunks else 0
 
     def record(self, ep: Endpoint, facts: RequestFacts, capacity: int, now: float) -> None:
         if facts.chunks:

@@ -36,6 +36,9 @@ class PrefixParams:
     epsilon: float = 0.25  # bounded load: at most (1 + epsilon) x its weighted fair share
     load_cost: float = 1.0  # cached chunks worth one more request in flight (per weight)
     min_chunks: int = 1  # fewer cached chunks than this: no affinity
+    # latency compared per uncached prompt token (the ramp and the fleet's baseline key a
+    # request by its uncached part: the replica's cached_tokens, else the index's estimate)
+    uncached_latency: bool = True
 
 
 @dataclass(frozen=True, slots=True)
