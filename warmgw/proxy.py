@@ -133,6 +133,10 @@ class Proxy:
                                   req.get(header.lower().encode()) if header else None)
             if isinstance(facts, Refusal):
                 return self._refuse(req, facts)
+            keeper = router.keeper
+            if keeper is not None and facts.chunks:
+                keeper.observe(facts.route, obj, facts.model or "", facts.chunks,
+                               facts.session or _sender(req, obj), router.clock.now())
         elif req.path == "/v1/models" and method in ("GET", "HEAD"):
             return self._local(req, 200, self.models(snap))
         else:
@@ -347,6 +351,16 @@ def _sole_model(snap: Snapshot) -> str | None:
     if len(snap.known_models) == 1:
         return next(iter(snap.known_models))
     return None
+
+
+def _sender(req: Request, obj: dict[str, Any]) -> str:
+    """Who sent a request, for keep_prefixes: the `user` field, else the client address."""
+    user = obj.get("user")
+    if isinstance(user, str) and user:
+        return "user:" + user
+    t = req.conn.transport
+    peer = t.get_extra_info("peername") if t is not None else None
+    return "addr:" + (str(peer[0]) if isinstance(peer, tuple) and peer else "")
 
 
 def _is_json(mime: str) -> bool:

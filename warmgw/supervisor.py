@@ -64,8 +64,10 @@ class Supervisor:
         coordinator: WarmCoordinator | None = None,
         traffic: TrafficProfile | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        prefixes: Callable[[Endpoint], Awaitable[int]] | None = None,
     ) -> None:
         self._sleep = sleep  # injected: tests walk the health loop on a fake clock
+        self._prefixes = prefixes  # replays the kept hot prefixes to a warmed replica
         self.coordinator = coordinator
         self.traffic = traffic or TrafficProfile(ProfileParams())  # what users send
         self.registry = registry
@@ -286,6 +288,8 @@ class Supervisor:
                 self._count("failed", started)
                 self.registry.warm_failed(ep.name, f"warmup failed: {_what(e)}")
                 return False
+            if result.converged and self._prefixes is not None:
+                await self._prefixes(ep)  # bounded by warm_seconds; its errors are logged
         self._count("converged" if result.converged else "not_converged", started)
         if result.converged:
             self._warmed_here(ep.name)

@@ -39,6 +39,14 @@ class PrefixParams:
     # latency compared per uncached prompt token (the ramp and the fleet's baseline key a
     # request by its uncached part: the replica's cached_tokens, else the index's estimate)
     uncached_latency: bool = True
+    # prefix-cache warmup (core.keep): keep the text of prefixes that keep_min_users
+    # distinct senders shared, at most keep_bytes of it; a warmup replays at most
+    # warm_prefixes of them, for at most warm_seconds
+    keep_prefixes: bool = False
+    keep_bytes: int = 1 << 20
+    keep_min_users: int = 3
+    warm_prefixes: int = 64
+    warm_seconds: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,6 +34,7 @@ from warmgw.core.affinity import Affinity
 from warmgw.core.clock import Clock
 from warmgw.core.events import Feed
 from warmgw.core.facts import Refusal, RequestFacts
+from warmgw.core.keep import PrefixKeeper
 from warmgw.core.model import Endpoint, Route, Snapshot
 from warmgw.core.picker import pick
 from warmgw.core.prefix import RoutingParams
@@ -172,6 +173,9 @@ class Router:
         on = routing is not None and routing.active and not naive
         self.routing = routing if on else None  # front-ends pass it to facts.from_json
         self.affinity = Affinity(routing) if on and routing is not None else None
+        # hot shared prefixes kept as text for warmups (core.keep), fed by the front-end
+        self.keeper = (PrefixKeeper(routing.prefix) if on and routing is not None
+                       and routing.prefix.keep_prefixes else None)
         p = self.profile_params = profile or ProfileParams()
         self.ratios = TokenRatios()  # bytes per token per model, from /tokenize
         self.profile = TrafficProfile(p)
