@@ -9,7 +9,8 @@ i, at C speed (an 8 KB prompt in a few microseconds). 32 bits: a rare collision 
 misplaced affinity pick, never a wrong answer.
 
 Index. Per replica, the chains it was sent, in LRU order, at most `replica_chunks` of them
-(sized from what its cache can hold: `replica_cache_tokens` x bytes per token when given);
+(sized from what its cache can hold: the tokens its /metrics reports, vLLM's
+cache_config_info, else `replica_cache_tokens`, x bytes per token);
 an entry older than `ttl` seconds is not trusted (the replica may have evicted it), and
 a replica not sent anything for `ttl` is forgotten whole (it may be gone). A request's
 chunks are recorded tail first, as vLLM frees a request's blocks, so a prefix's head
