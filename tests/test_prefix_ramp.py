@@ -1,7 +1,8 @@
 """The ramp judges a newcomer on its compute, not its cache. Three replicas serve traffic
 whose prompts share long system prompts, so their prefix caches are warm and their requests
 mostly hits; a fourth joins with a cold cache but computes as fast. Compared per uncached
-prompt token (the replica's usage.prompt_tokens_details.cached_tokens), it ramps to full
+prompt token (the replica's usage.prompt_tokens_details.cached_tokens, or for streams
+without usage the prefix index's estimate), it ramps to full
 weight in about the time it takes on traffic with no shared prefix; compared on the whole
 prompt (uncached_latency off), its misses look several times slower than the fleet."""
 
@@ -43,7 +44,9 @@ async def traffic(s: aiohttp.ClientSession, url: str, shared: bool, stop: asynci
         else:  # as long, and shared with no other request
             messages = [{"role": "user", "content": " ".join(
                 f"u{seed}k{k}w{i}" for i in range(400))}]
-        body = {"model": "tiny", "max_tokens": 2, "messages": messages}
+        # half streamed without usage: judged on the prefix index's estimate of the uncached
+        # part; the others on the replica's cached_tokens
+        body = {"model": "tiny", "max_tokens": 2, "messages": messages, "stream": k % 2 == 1}
         async with s.post(url + "/v1/chat/completions", json=body) as r:
             assert r.status == 200, await r.text()
             await r.read()
