@@ -129,15 +129,16 @@ class PrefixKeeper:
             return
         name = self._within.get(chunks[deepest])
         if name is None:
-            self._keep(route, obj, model, chunks, deepest, now)
+            self._keep(route, obj, model, deepest, now)
             return
         k = self.kept[name]
         k.heat = k.heat_at(now, self.p.ttl) + 1.0
         k.at = now
 
-    def _keep(self, route: str, obj: Mapping[str, Any], model: str, chunks: tuple[int, ...],
-              deepest: int, now: float) -> int | None:
-        """Keep the text of chunks[:deepest + 1]; its name, or None if it was not kept."""
+    def _keep(self, route: str, obj: Mapping[str, Any], model: str, deepest: int, now: float
+              ) -> int | None:
+        """Keep the text of the request's first deepest + 1 chunks (as a replay of it renders
+        them); its name, or None if it was not kept."""
         limit = (deepest + 1) * self.p.chunk_bytes
         body: dict[str, Any]
         if route == "chat":
