@@ -36,6 +36,17 @@ REPLICAS = [{"name": "r0", "url": "http://127.0.0.1:9001"}]
         ({"routing": {"prefix": {"chunk_bytes": 8}}}, "routing.prefix: expected chunk_bytes"),
         ({"routing": {"prefix": {"epsilon": 0}}}, "epsilon > 0"),
         ({"routing": {"session": {"header": 3}}}, "routing.session.header"),
+        ({"routing": {"prefix": {"keep_prefixes": True}}},
+         "routing.prefix.keep_prefixes: needs routing.prefix.enabled"),
+        ({"routing": {"prefix": {"enabled": True, "keep_prefixes": True,
+                                 "keep_min_users": 1}}},
+         "routing.prefix.keep_min_users: expected >= 2 (one sender's content is never kept)"),
+        ({"routing": {"prefix": {"enabled": True, "keep_prefixes": True, "keep_bytes": 10}}},
+         "routing.prefix.keep_bytes: expected >= chunk_bytes (256), got 10"),
+        ({"routing": {"prefix": {"enabled": True, "keep_prefixes": True,
+                                 "warm_seconds": 0}}}, "warm_seconds > 0"),
+        ({"routing": {"prefix": {"keep_prefixes": "yes"}}},
+         "routing.prefix.keep_prefixes: expected true or false"),
     ],
 )
 def test_bad_config_names_the_key(data: dict[str, Any], names: str) -> None:

@@ -62,8 +62,10 @@ class PolicyCommit(Protocol):
 class Admin:
     def __init__(self, token: str, registry: Registry, bluegreen: BlueGreen,
                  policy: PolicyCommit, static: StaticDiscovery, strategy: str,
-                 router: Router, route: RouteSwitch | None = None) -> None:
+                 router: Router, route: RouteSwitch | None = None,
+                 prewarm: Callable[[str], Awaitable[int]] | None = None) -> None:
         self.route = route
+        self.prewarm = prewarm  # before a cutover: the kept hot prefixes to the new pool
         self.registry = registry
         self.router = router
         self.bluegreen = bluegreen
@@ -140,9 +142,17 @@ class Admin:
 
     async def cutover(self, request: web.Request) -> web.Response:
         body = await self._body(request)
+        try:
+            req = request_from_json(body)
+        except CutoverError as e:
+            return _error(e.status, str(e), **e.details)
+        if self.prewarm is not None and req.to != self.bluegreen.active:
+            n = await self.prewarm(req.to)
+            log.info("cutover to %s: %d hot prefix replay(s) sent to its replicas first",
+                     req.to, n)
         base, follows = self.policy.core(), self.policy.follows
         try:
-            rec = self.bluegreen.cutover(request_from_json(body))
+            rec = self.bluegreen.cutover(req)
         except CutoverError as e:
             return _error(e.status, str(e), **e.details)
         if not await self.policy.commit(base, self.policy.core(), follows):

@@ -42,6 +42,7 @@ from warmgw.loopsteps import LoopSteps
 from warmgw.policy.configmap import ConfigMapStore
 from warmgw.policy.keeper import PolicyKeeper
 from warmgw.policy.stores import FileStore, MemoryStore, PolicyStore
+from warmgw.prefixwarm import PrefixWarmup
 from warmgw.probe import log_cold_hit
 from warmgw.proxy import Proxy
 from warmgw.reactor import consume
@@ -111,6 +112,9 @@ class Gateway:
         self.warm_session = _session(up.connect_timeout)
         self.warmer = Warmer(self.warm_session, cfg.warmup, clock, self.router.ratios)
         self.replicas = Replicas(self.registry)
+        # keep_prefixes: the kept hot prefixes replayed to newcomers and before cutovers
+        self.prefix_warmup = PrefixWarmup(self.router, self.warmer, clock)
+        replay = self.prefix_warmup if self.router.keeper is not None else None
 
         k = cfg.kubernetes
         self.kube_api = KubeApi(k.kubeconfig if k else None)
@@ -143,7 +147,8 @@ class Gateway:
         self.supervisor = Supervisor(self.registry, self.replicas, self.control_session,
                                      self.warmer, cfg.warmup, cfg.health, clock,
                                      coordinator=self.kube.gate if self.kube else None,
-                                     traffic=self.router.profile)
+                                     traffic=self.router.profile,
+                                     prefixes=replay.warm if replay else None)
         self.cutover = CutoverDriver(self.bluegreen, self.registry, self.router, self.warmer,
                                      cfg.cutover, clock)
         self.pool = Pool(up.connect_timeout, up.read_timeout, UPSTREAM_KEEPALIVE)
@@ -164,7 +169,8 @@ class Gateway:
                                      up.max_body_bytes)
         self.admin = Admin(cfg.admin.token, self.registry, self.bluegreen, self.policy,
                            self.static, str(cfg.lifecycle.strategy),
-                           self.router, route) if cfg.admin.token else None
+                           self.router, route, replay.warm_pool if replay else None
+                           ) if cfg.admin.token else None
         self._admin_runner: web.AppRunner | None = None
         self._cold_hits = self.router.cold.subscribe()
         self._cold_log: asyncio.Task[None] | None = None

@@ -187,6 +187,19 @@ def parse_routing(raw: Mapping[str, Any]) -> RoutingParams:
     if p.chunk_bytes < 16 or p.max_chunks < 1 or p.replica_chunks < 1 or p.epsilon <= 0:
         raise ConfigError("routing.prefix: expected chunk_bytes >= 16, max_chunks >= 1, "
                           f"replica_chunks >= 1, epsilon > 0; got {p}")
+    if p.keep_prefixes:
+        if not p.enabled:
+            raise ConfigError("routing.prefix.keep_prefixes: needs routing.prefix.enabled: true "
+                              "(prefixes are found by the chunk hashes)")
+        if p.keep_min_users < 2:
+            raise ConfigError("routing.prefix.keep_min_users: expected >= 2 (one sender's "
+                              f"content is never kept), got {p.keep_min_users!r}")
+        if p.keep_bytes < p.chunk_bytes:
+            raise ConfigError(f"routing.prefix.keep_bytes: expected >= chunk_bytes "
+                              f"({p.chunk_bytes}), got {p.keep_bytes!r}")
+        if p.warm_prefixes < 0 or not p.warm_seconds > 0:
+            raise ConfigError("routing.prefix: expected warm_prefixes >= 0 and warm_seconds > 0"
+                              f", got {p.warm_prefixes!r} and {p.warm_seconds!r}")
     return RoutingParams(p, _build(SessionParams, _section(raw, "session"), "routing.session"))
 
 

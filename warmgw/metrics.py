@@ -92,6 +92,7 @@ class Captured:
     pools: frozenset[str]
     cutovers: list[Row]
     cutover_in_progress: bool
+    kept_prefixes: tuple[int, int] = (0, 0)  # (kept, bytes); 0 with keep_prefixes off
 
 
 def _hist(labels: tuple[str, ...], h: Histogram) -> HistRow:
@@ -139,6 +140,7 @@ class GatewayCollector:
             pools=frozenset(p for p, _ in policy.shares) | {r[0].pool for r in replicas},
             cutovers=[((o,), bg.outcomes.get(o, 0)) for o in ("done", "aborted")],
             cutover_in_progress=bg.in_progress is not None,
+            kept_prefixes=(0, 0) if (k := self.router.keeper) is None else (len(k), k.bytes),
         )
 
 
@@ -216,6 +218,11 @@ def families(c: Captured) -> Iterator[Metric]:
     if c.coverage is not None:
         coverage.add_metric([], c.coverage)
     yield coverage
+    yield GaugeMetricFamily("warmgw_prefixes_kept", "Hot shared prefixes kept as text to "
+                            "warm replicas with (routing.prefix.keep_prefixes; 0 when off).",
+                            value=c.kept_prefixes[0])
+    yield GaugeMetricFamily("warmgw_prefixes_kept_bytes", "Bytes of prefix text kept.",
+                            value=c.kept_prefixes[1])
     yield GaugeMetricFamily("warmgw_profile_shapes",
                             "Feature-shapes in the learned traffic profile.",
                             value=c.profile_shapes)

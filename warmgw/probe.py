@@ -20,6 +20,9 @@ _ENGINE = re.compile(
     rb"^vllm:(num_requests_waiting|num_requests_running|kv_cache_usage_perc|gpu_cache_usage_perc)"
     rb"(?:\{[^}]*\})?\s+(\S+)", re.M,
 )
+_CACHE_INFO = re.compile(rb"^vllm:cache_config_info\{([^}]*)\}", re.M)
+_BLOCK_SIZE = re.compile(rb'(?:^|,)block_size="(\d+)"')
+_GPU_BLOCKS = re.compile(rb'(?:^|,)num_gpu_blocks="(\d+)"')
 
 
 
@@ -35,8 +38,16 @@ class Probe(NamedTuple):
 
 
 def engine_gauges(metrics_text: bytes) -> dict[str, float]:
-    """vLLM's queue and KV-cache gauges, summed over engines; KV usage under one name."""
+    """vLLM's queue and KV-cache gauges, summed over engines; KV usage under one name;
+    "cache_tokens": the KV cache's size in tokens (vllm:cache_config_info's num_gpu_blocks
+    x block_size, summed over engines), when it is exported and known."""
     out: dict[str, float] = {}
+    for info in _CACHE_INFO.finditer(metrics_text):
+        labels = info.group(1)
+        size, blocks = _BLOCK_SIZE.search(labels), _GPU_BLOCKS.search(labels)
+        if size and blocks:  # num_gpu_blocks is "None" before the engine profiled memory
+            out["cache_tokens"] = (out.get("cache_tokens", 0.0)
+                                   + float(int(size.group(1)) * int(blocks.group(1))))
     lora = _MAX_LORA.search(metrics_text)
     if lora:
         out["max_lora"] = float(lora.group(1))

@@ -23,7 +23,14 @@ from urllib.parse import urlsplit
 
 from warmgw import errors
 from warmgw.config import UpstreamParams
-from warmgw.core.facts import Refusal, RequestFacts, from_json, prompt_tokens_of, route_of
+from warmgw.core.facts import (
+    Refusal,
+    RequestFacts,
+    cached_tokens_of,
+    from_json,
+    prompt_tokens_of,
+    route_of,
+)
 from warmgw.core.lifecycle import State
 from warmgw.core.model import Endpoint, Route, Snapshot
 from warmgw.core.registry import Transition
@@ -126,6 +133,10 @@ class Proxy:
                                   req.get(header.lower().encode()) if header else None)
             if isinstance(facts, Refusal):
                 return self._refuse(req, facts)
+            keeper = router.keeper
+            if keeper is not None and facts.chunks:
+                keeper.observe(facts.route, obj, facts.model or "", facts.chunks,
+                               facts.session or _sender(req, obj), router.clock.now())
         elif req.path == "/v1/models" and method in ("GET", "HEAD"):
             return self._local(req, 200, self.models(snap))
         else:
@@ -244,7 +255,8 @@ class Proxy:
                 body = await up.read()
             except Cut as e:
                 return self._failed(req, ticket, rid, e)
-            ticket.complete(status, prompt_tokens=prompt_tokens_of(body))
+            ticket.complete(status, prompt_tokens=prompt_tokens_of(body),
+                            cached_tokens=cached_tokens_of(body) if ticket.uncached >= 0 else -1)
             req.conn.respond(status, out, body)
         finally:
             up.release()
@@ -292,7 +304,8 @@ class Proxy:
         except ConnectionResetError:
             ticket.left()
             return
-        ticket.complete(up.status, streamed=True, prompt_tokens=prompt_tokens_of(last))
+        ticket.complete(up.status, streamed=True, prompt_tokens=prompt_tokens_of(last),
+                        cached_tokens=cached_tokens_of(last) if ticket.uncached >= 0 else -1)
 
     async def _cut(self, conn: Connection, ticket: Ticket, sse: bool, last: bytes,
                    e: Cut) -> None:
@@ -338,6 +351,16 @@ def _sole_model(snap: Snapshot) -> str | None:
     if len(snap.known_models) == 1:
         return next(iter(snap.known_models))
     return None
+
+
+def _sender(req: Request, obj: dict[str, Any]) -> str:
+    """Who sent a request, for keep_prefixes: the `user` field, else the client address."""
+    user = obj.get("user")
+    if isinstance(user, str) and user:
+        return "user:" + user
+    t = req.conn.transport
+    peer = t.get_extra_info("peername") if t is not None else None
+    return "addr:" + (str(peer[0]) if isinstance(peer, tuple) and peer else "")
 
 
 def _is_json(mime: str) -> bool:

@@ -129,6 +129,16 @@ def shape(key: ShapeKey, learned: Learned, share: float, now: float) -> dict[str
     }
 
 
+def _prefixes(router: Router) -> dict[str, Any]:
+    """The hot shared prefixes kept to warm replicas with (no text: counts only)."""
+    k = router.keeper
+    if k is None:
+        return {"enabled": False}
+    p = k.p
+    return {"enabled": True, "kept": len(k), "bytes": k.bytes, "budget_bytes": p.keep_bytes,
+            "evicted": k.evicted, "min_users": p.keep_min_users}
+
+
 def profile(router: Router, specs: bool = False) -> dict[str, Any]:
     """The learned traffic profile, the warmup's coverage of user traffic and the cold hits,
     for the admin API (GET /admin/v1/profile), the CLI and the page."""
@@ -151,6 +161,7 @@ def profile(router: Router, specs: bool = False) -> dict[str, Any]:
                     "top_share": p.coverage, "half_life_s": p.half_life},
         "shapes": [shape(k, s, share, now) for k, s, share in prof.top(now)],
         "specs": kept,
+        "prefixes": _prefixes(router),
         "cold_hits": hits,
         "replicas": [
             {"name": ep.name, "pool": ep.pool, "state": str(ep.state),

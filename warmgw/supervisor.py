@@ -6,7 +6,6 @@ here, created on start and cancelled and awaited on stop."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -19,9 +18,9 @@ from warmgw.core.lifecycle import State
 from warmgw.core.model import Endpoint
 from warmgw.core.profile import ProfileParams, TrafficProfile
 from warmgw.core.registry import Registry, Transition
-from warmgw.core.spread import slice_count, slices
 from warmgw.core.telemetry import Histogram
 from warmgw.core.warm import OnDeadline, WarmProfile, WarmShape, extra_shapes
+from warmgw.health import HealthChecks
 from warmgw.probe import (
     Probe,
     ProbeFailed,
@@ -37,7 +36,6 @@ from warmgw.warmup import Warmer, WarmupFailed
 
 log = logging.getLogger("warmgw.lifecycle")
 
-WATCHED = frozenset({State.RAMPING, State.READY, State.WARMING})  # health-checked
 WARMUP_BUCKETS = (1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
 
@@ -64,8 +62,10 @@ class Supervisor:
         coordinator: WarmCoordinator | None = None,
         traffic: TrafficProfile | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        prefixes: Callable[[Endpoint], Awaitable[int]] | None = None,
     ) -> None:
-        self._sleep = sleep  # injected: tests walk the health loop on a fake clock
+        self._sleep = sleep  # injected: tests walk the probe and health loops on a fake clock
+        self._prefixes = prefixes  # replays the kept hot prefixes to a warmed replica
         self.coordinator = coordinator
         self.traffic = traffic or TrafficProfile(ProfileParams())  # what users send
         self.registry = registry
@@ -79,16 +79,17 @@ class Supervisor:
         self._warm_slots = Slots(profile.max_concurrent)
         self.warmups: dict[str, int] = {}  # outcome -> count
         self.warmup_seconds = Histogram(WARMUP_BUCKETS)
-        self._checking: dict[str, asyncio.Task[None]] = {}  # health checks under way
+        self.checks = HealthChecks(registry, replicas, session, health, clock, self.marker,
+                                   sleep)
 
     async def start(self) -> None:
         self._loops = [
             asyncio.create_task(self._ticker(), name="warmgw-tick"),
-            asyncio.create_task(self._health_loop(), name="warmgw-health"),
+            asyncio.create_task(self.checks.loop(), name="warmgw-health"),
         ]
 
     async def stop(self) -> None:
-        tasks = [*self._loops, *self._checking.values()]
+        tasks = [*self._loops, *self.checks.checking.values()]
         for rec in self.replicas.records.values():
             if rec.task is not None:
                 tasks.append(rec.task)
@@ -180,6 +181,9 @@ class Supervisor:
                 rec = self.replicas.get(ep.name)
                 if rec is not None:
                     rec.engine = engine_gauges(text)
+                    tokens = rec.engine.get("cache_tokens")
+                    if tokens is not None:
+                        self.registry.cache_size(ep.name, int(tokens))
                 return start_marker(text)
         except asyncio.CancelledError:
             raise
@@ -283,6 +287,8 @@ class Supervisor:
                 self._count("failed", started)
                 self.registry.warm_failed(ep.name, f"warmup failed: {_what(e)}")
                 return False
+            if result.converged and self._prefixes is not None:
+                await self._prefixes(ep)  # bounded by warm_seconds; its errors are logged
         self._count("converged" if result.converged else "not_converged", started)
         if result.converged:
             self._warmed_here(ep.name)
@@ -325,72 +331,3 @@ class Supervisor:
         while True:
             await asyncio.sleep(0.1)
             self.registry.tick()
-
-    async def _health_loop(self) -> None:
-        """Every watched replica checked once an interval, each at its own offset in it
-        (core.spread): a steady trickle of checks, not one burst of N each interval. A
-        replica whose last check has not finished is not checked again meanwhile."""
-        count = slice_count(self.health.interval)
-        step = self.health.interval / count
-        start = self.clock.now() + step
-        while True:
-            watched = [ep.name for ep in self.registry.endpoints.values() if ep.state in WATCHED]
-            for i, group in enumerate(slices(watched, count)):
-                if not group:
-                    continue  # no wake-up for an empty slice (most are, with few replicas)
-                await self._sleep(max(0.0, start + i * step - self.clock.now()))
-                for name in group:
-                    ep = self.registry.endpoints.get(name)
-                    if ep is None or ep.state not in WATCHED or name in self._checking:
-                        continue
-                    task = asyncio.create_task(self._check(ep), name=f"warmgw-health-{name}")
-                    self._checking[name] = task
-                    task.add_done_callback(functools.partial(self._checked, name))
-            end = start + self.health.interval  # the next pass's first slice
-            await self._sleep(max(0.0, end - self.clock.now()))
-            start = max(end, self.clock.now())  # no catching up
-
-    def _checked(self, name: str, task: asyncio.Task[None]) -> None:
-        if self._checking.get(name) is task:
-            del self._checking[name]
-        if not task.cancelled() and task.exception() is not None:
-            log.error("health check of %s failed", name, exc_info=task.exception())
-
-    async def _check(self, ep: Endpoint) -> None:
-        """One health check. A refused connection means the process is gone: out at once.
-        A timeout or an error status counts; `failures` in a row eject (one slow answer on
-        a busy machine does not make a replica cold). Every `metrics_every` checks, the
-        replica's start time is compared: a new one means it restarted, cold."""
-        down = False
-        try:
-            timeout = aiohttp.ClientTimeout(total=self.health.timeout)
-            async with self.session.get(ep.url + "/health", timeout=timeout) as r:
-                await r.read()
-                ok = r.status == 200
-                why = f"/health answered {r.status}"
-        except asyncio.CancelledError:
-            raise
-        except (aiohttp.ClientError, TimeoutError) as e:
-            if out_of_fds(e):  # the gateway's own shortage says nothing of the replica
-                log.error("health check of %s skipped: the gateway is out of file "
-                          "descriptors (raise its open-file limit)", ep.name)
-                return
-            ok, why = False, f"/health failed: {_what(e)}"
-            down = isinstance(e, aiohttp.ClientConnectorError)
-        rec = self.replicas.get(ep.name)
-        if rec is None or ep.state not in WATCHED:
-            return
-        if not ok:
-            rec.checks = -1  # the next good answer reads its start time again
-            rec.health_failures += 1
-            if down or rec.health_failures >= self.health.failures:
-                rec.health_failures = 0
-                self.registry.eject(ep, f"{why}; cold until proven warm", cold=True)
-            return
-        rec.health_failures = 0
-        rec.checks += 1
-        if rec.checks % self.health.metrics_every and ep.start_marker is not None:
-            return
-        marker = await self.marker(ep)
-        if marker is not None and ep.start_marker is not None and marker != ep.start_marker:
-            self.registry.eject(ep, "restarted (process_start_time_seconds changed)", cold=True)

@@ -180,6 +180,27 @@ class Warmer:
         log.warning("warmup of %s: shape %s dropped, the replica refused it (%s)", run.url,
                     shape.key, why[:200])
 
+    async def replay(self, url: str, model: str, route: str, body: dict[str, Any]) -> bool:
+        """Send a kept prefix (core.keep) as a max_tokens 1 request, so that the replica's
+        prefix cache holds it: True if it answered; a refusal (4xx) is False, logged."""
+        path = "/v1/chat/completions" if route == "chat" else "/v1/completions"
+        data = {"model": model, **body, "max_tokens": 1, "temperature": 0, "stream": False}
+        self.requests_sent += 1
+        timeout = aiohttp.ClientTimeout(total=self.p.request_timeout)
+        async with self.session.post(
+            url + path, data=json.dumps(data), timeout=timeout,
+            headers={WARMUP_HEADER: "1", "Content-Type": "application/json"},
+        ) as resp:
+            text = await resp.read()
+            if 400 <= resp.status < 500:
+                self.refused += 1
+                log.warning("prefix warmup of %s: a kept prefix refused: HTTP %d %s", url,
+                            resp.status, text[:200].decode("utf-8", "replace"))
+                return False
+            if resp.status != 200:
+                raise WarmupFailed(f"{path} answered {resp.status}")
+        return True
+
     async def keep_warm(self, url: str, model: str, max_model_len: int | None) -> float:
         """One small synthetic request, so an idle standby replica does not go cold."""
         shape = self.p.shapes(max_model_len)[0]

@@ -67,14 +67,23 @@ class Affinity:
         self.sessions = SessionIndex(params.session)
         self.affine = 0  # picks a session or a cached prefix took from the plain pick
 
-    def capacity(self, bytes_per_token: float) -> int:
+    def capacity(self, bytes_per_token: float, cache_tokens: int = 0) -> int:
+        """How many chunks the index remembers of a replica: what its cache holds, from its
+        /metrics (cache_tokens) or else from config (replica_cache_tokens), turned into
+        chunks of prompt bytes; else replica_chunks."""
         p = self.params.prefix
-        if p.replica_cache_tokens > 0:
-            return max(1, int(p.replica_cache_tokens * bytes_per_token / p.chunk_bytes))
+        tokens = cache_tokens or p.replica_cache_tokens
+        if tokens > 0:
+            return max(1, int(tokens * bytes_per_token / p.chunk_bytes))
         return p.replica_chunks
 
     def pick(self, route: Route, facts: RequestFacts, rng: random.Random, now: float
              ) -> Endpoint:
+        return self.choose(route, facts, rng, now)[0]
+
+    def choose(self, route: Route, facts: RequestFacts, rng: random.Random, now: float
+               ) -> tuple[Endpoint, int]:
+        """The pick, and how many of the request's leading chunks the index says it holds."""
         group = choose_group(route, rng)
         eps = group.endpoints
         if group.uniform:
@@ -82,7 +91,7 @@ class Affinity:
         else:
             plain = least_loaded_split(group.full, group.ramping, rng, now)
         if len(eps) == 1:
-            return plain
+            return plain, self._depth(plain, facts.chunks, now)
         inflight = sum(e.inflight for e in eps)
         weight = float(len(eps)) if group.uniform else _weight_of(group, now)
         eps_ = self.params.prefix.epsilon
@@ -97,15 +106,15 @@ class Affinity:
                         w = e.weight(now)
                         if w > 0.0 and under_bound(e, w, inflight, weight, eps_, True):
                             self.affine += 1
-                            return e
+                            return e, self._depth(e, facts.chunks, now)
                         break
         chunks = facts.chunks
         if not chunks:
-            return plain
+            return plain, 0
         p = self.params.prefix
         depth = self.prefix.match(chunks, now)
         if not depth:
-            return plain
+            return plain, 0
         cost = p.load_cost
         best = plain
         w0 = plain.weight(now)
@@ -125,7 +134,10 @@ class Affinity:
                 best, best_score, took = e, score, True
         if took:
             self.affine += 1
-        return best
+        return best, depth.get(best.name, 0)
+
+    def _depth(self, e: Endpoint, chunks: tuple[int, ...], now: float) -> int:
+        return self.prefix.match(chunks, now).get(e.name, 0) if chunks else 0
 
     def record(self, ep: Endpoint, facts: RequestFacts, capacity: int, now: float) -> None:
         if facts.chunks:

@@ -131,3 +131,17 @@ def prompt_tokens_of(data: bytes) -> int:
         return 0
     m = _NUMBER.match(data, i + len(PROMPT_TOKENS))
     return int(m.group(1)) if m else 0
+
+
+CACHED_TOKENS = b'"cached_tokens":'
+
+
+def cached_tokens_of(data: bytes) -> int:
+    """usage.prompt_tokens_details.cached_tokens of a response body (or a stream's last
+    event): the prompt tokens the replica found in its prefix cache (vLLM with
+    --enable-prompt-tokens-details); -1 when it does not say. Found as prompt_tokens is."""
+    i = data.rfind(CACHED_TOKENS)
+    if i < 0:
+        return -1
+    m = _NUMBER.match(data, i + len(CACHED_TOKENS))
+    return int(m.group(1)) if m else -1

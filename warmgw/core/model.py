@@ -27,6 +27,7 @@ class Endpoint:
 
     __slots__ = (
         "adapters",
+        "cache_tokens",
         "consecutive_errors",
         "ejections",
         "errors",
@@ -60,6 +61,7 @@ class Endpoint:
         self.models: frozenset[str] = frozenset({spec.model} if spec.model else ())
         self.adapters: frozenset[str] = frozenset()  # models that are LoRA adapters
         self.max_model_len: int | None = None
+        self.cache_tokens = 0  # its KV cache in tokens, as its /metrics says (0: unknown)
         self.start_marker: float | None = None  # process_start_time_seconds, when exported
         self.inflight = 0
         self.tickets: set[Any] = set()  # the attempts in flight (core.routing.Ticket)

@@ -9,7 +9,8 @@ i, at C speed (an 8 KB prompt in a few microseconds). 32 bits: a rare collision 
 misplaced affinity pick, never a wrong answer.
 
 Index. Per replica, the chains it was sent, in LRU order, at most `replica_chunks` of them
-(sized from what its cache can hold: `replica_cache_tokens` x bytes per token when given);
+(sized from what its cache can hold: the tokens its /metrics reports, vLLM's
+cache_config_info, else `replica_cache_tokens`, x bytes per token);
 an entry older than `ttl` seconds is not trusted (the replica may have evicted it), and
 a replica not sent anything for `ttl` is forgotten whole (it may be gone). A request's
 chunks are recorded tail first, as vLLM frees a request's blocks, so a prefix's head
@@ -36,6 +37,17 @@ class PrefixParams:
     epsilon: float = 0.25  # bounded load: at most (1 + epsilon) x its weighted fair share
     load_cost: float = 1.0  # cached chunks worth one more request in flight (per weight)
     min_chunks: int = 1  # fewer cached chunks than this: no affinity
+    # latency compared per uncached prompt token (the ramp and the fleet's baseline key a
+    # request by its uncached part: the replica's cached_tokens, else the index's estimate)
+    uncached_latency: bool = True
+    # prefix-cache warmup (core.keep): keep the text of prefixes that keep_min_users
+    # distinct senders shared, at most keep_bytes of it; a warmup replays at most
+    # warm_prefixes of them, for at most warm_seconds
+    keep_prefixes: bool = False
+    keep_bytes: int = 1 << 20
+    keep_min_users: int = 3
+    warm_prefixes: int = 64
+    warm_seconds: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)

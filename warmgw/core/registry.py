@@ -212,6 +212,13 @@ class Registry:
         else:
             self._move(ep, State.READY, "answering")
 
+    def cache_size(self, name: str, tokens: int) -> None:
+        """A replica's /metrics says how many tokens its KV cache holds (the prefix index
+        sizes what it remembers of the replica from it)."""
+        ep = self.endpoints.get(name)
+        if ep is not None:
+            ep.cache_tokens = max(0, tokens)
+
     def warm_done(self, name: str, rounds: int, reference: dict[str, float], why: str,
                   sent: Iterable[ShapeKey] = ()) -> None:
         """Warmup is over; sent: the feature-shapes it had the replica serve."""

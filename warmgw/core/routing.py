@@ -34,6 +34,7 @@ from warmgw.core.affinity import Affinity
 from warmgw.core.clock import Clock
 from warmgw.core.events import Feed
 from warmgw.core.facts import Refusal, RequestFacts
+from warmgw.core.keep import PrefixKeeper
 from warmgw.core.model import Endpoint, Route, Snapshot
 from warmgw.core.picker import pick
 from warmgw.core.prefix import RoutingParams
@@ -56,11 +57,14 @@ _new_key = tuple.__new__  # a ShapeKey without NamedTuple's Python-level __new__
 class Ticket:
     """One attempt of one request on one endpoint."""
 
-    __slots__ = ("cancel", "ep", "facts", "router", "t0", "ttfb")
+    __slots__ = ("cancel", "ep", "facts", "router", "t0", "ttfb", "uncached")
 
     def __init__(self, router: Router, ep: Endpoint, facts: RequestFacts, t0: float,
-                 cancel: Callable[[], object] | None) -> None:
+                 cancel: Callable[[], object] | None, uncached: int = -1) -> None:
         self.router = router
+        # prompt tokens ep is expected to compute (not in its prefix cache), estimated from
+        # the prefix index at pick time; -1: latency is not judged per uncached token
+        self.uncached = uncached
         self.ep = ep
         self.facts = facts
         self.t0 = t0
@@ -77,10 +81,13 @@ class Ticket:
         ep = self.ep
         self.router.stats.count(ep.pool, ep.name, self.facts.route, status)
 
-    def complete(self, status: int, streamed: bool = False, prompt_tokens: int = 0) -> None:
+    def complete(self, status: int, streamed: bool = False, prompt_tokens: int = 0,
+                 cached_tokens: int = -1) -> None:
         """The replica answered in full with this status. A streamed answer's latency is
         its time to first byte (first_byte()), any other's the whole exchange.
-        prompt_tokens: the exact prompt size, when the replica reported it (usage)."""
+        prompt_tokens: the exact prompt size, when the replica reported it (usage);
+        cached_tokens: the part of it found in its prefix cache, when it said (-1: not).
+        With `uncached` set, the latency is keyed by the uncached part of the prompt."""
         router = self.router
         ep = self.ep
         facts = self.facts
@@ -99,8 +106,14 @@ class Ticket:
             latency = now - self.t0
         route = facts.route
         model = facts.model or ""
+        key = facts.key
+        uncached = self.uncached
+        if uncached >= 0:  # the replica's count, else the estimate made at pick time
+            if cached_tokens >= 0 and prompt_tokens > cached_tokens:
+                uncached = prompt_tokens - cached_tokens
+            key = (uncached.bit_length() << 9) | (key & 511)
         if route != "chat" and route != "completions":
-            router.registry.observe(ep, model, facts.key, latency)
+            router.registry.observe(ep, model, key, latency)
         else:
             if prompt_tokens and not ep.requests & 7:  # a sample is enough: it moves slowly
                 router.ratios.learn(model, facts.prompt_bytes, prompt_tokens)
@@ -113,7 +126,7 @@ class Ticket:
                 if len(seen) >= MAX_SEEN:
                     seen.clear()  # bounded; shapes it forgot count as first uses again
                 seen[shape] = False
-            ratio = router.registry.observe(ep, model, facts.key, latency, first)
+            ratio = router.registry.observe(ep, model, key, latency, first)
             router.profile.record(shape, prompt_tokens, now)
             router.coverage.add(warmed is True, now)
             if first and ratio is not None and ratio >= router.profile_params.cold_ratio:
@@ -160,6 +173,9 @@ class Router:
         on = routing is not None and routing.active and not naive
         self.routing = routing if on else None  # front-ends pass it to facts.from_json
         self.affinity = Affinity(routing) if on and routing is not None else None
+        # hot shared prefixes kept as text for warmups (core.keep), fed by the front-end
+        self.keeper = (PrefixKeeper(routing.prefix) if on and routing is not None
+                       and routing.prefix.keep_prefixes else None)
         p = self.profile_params = profile or ProfileParams()
         self.ratios = TokenRatios()  # bytes per token per model, from /tokenize
         self.profile = TrafficProfile(p)
@@ -198,20 +214,27 @@ class Router:
         """An endpoint for one attempt (none of `tried`), its in-flight count taken."""
         now = self.clock.now()
         aff = self.affinity
+        uncached = -1
         if aff is not None and (facts.chunks or facts.session is not None):
-            ep = pick(route, self.rng, now, tried) if tried else aff.pick(
-                route, facts, self.rng, now)
+            depth = 0
+            if tried:
+                ep = pick(route, self.rng, now, tried)
+            else:
+                ep, depth = aff.choose(route, facts, self.rng, now)
             if ep is None:
                 return None
             bpt = self.ratios.ratios.get(facts.model or "", DEFAULT_BYTES_PER_TOKEN)
-            aff.record(ep, facts, aff.capacity(bpt), now)
+            p = aff.params.prefix
+            if p.uncached_latency and facts.chunks:
+                uncached = max(1, facts.tokens - int(depth * p.chunk_bytes / bpt))
+            aff.record(ep, facts, aff.capacity(bpt, ep.cache_tokens), now)
         else:
             ep = pick(route, self.rng, now, tried, self._cursor)
             if ep is None:
                 return None
         ep.inflight += 1
         ep.requests += 1
-        ticket = Ticket(self, ep, facts, now, cancel)
+        ticket = Ticket(self, ep, facts, now, cancel, uncached)
         ep.tickets.add(ticket)
         return ticket
 

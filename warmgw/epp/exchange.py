@@ -23,7 +23,14 @@ from enum import Enum
 from typing import Any
 
 from warmgw import errors
-from warmgw.core.facts import Refusal, RequestFacts, from_json, prompt_tokens_of, route_of
+from warmgw.core.facts import (
+    Refusal,
+    RequestFacts,
+    cached_tokens_of,
+    from_json,
+    prompt_tokens_of,
+    route_of,
+)
 from warmgw.core.model import Snapshot
 from warmgw.core.routing import Router, Ticket
 from warmgw.epp import wire
@@ -223,7 +230,9 @@ class Exchange:
         self.phase = Phase.DONE
         self.ticket = None
         try:
+            tail = self._tail
             t.complete(self.status, streamed=self._streamed,
-                       prompt_tokens=prompt_tokens_of(self._tail))
+                       prompt_tokens=prompt_tokens_of(tail),
+                       cached_tokens=cached_tokens_of(tail) if t.uncached >= 0 else -1)
         finally:  # done: the in-flight count returns before Envoy passes the last bytes on
             t.close()

@@ -60,6 +60,15 @@ class RequestRecord:
         return out
 
 
+def cache_config(config: SimConfig) -> tuple[int, int, bool]:
+    """(block_size, num_gpu_blocks, enable_prefix_caching) as vLLM reports them: with the
+    prefix cache on, its blocks; else the KV blocks max_running full-length requests take."""
+    bs = config.prefix_block_tokens
+    if config.prefix_cache_blocks:
+        return bs, config.prefix_cache_blocks, True
+    return bs, -(-config.max_running * config.max_model_len // bs), False
+
+
 class SimProcess:
     """Admission queue, cold-start model, latency model and metrics of one process start."""
 
@@ -93,6 +102,7 @@ class SimProcess:
             kv_usage=self.kv_usage,
             max_loras=config.max_loras if config.lora_adapters else None,
             wall_clock=wall_clock or (lambda: start_wall),
+            cache=cache_config(config),
         )
 
     def kv_usage(self) -> float:

@@ -33,9 +33,11 @@ class SimMetrics:
         kv_usage: Callable[[], float],
         max_loras: int | None = None,
         wall_clock: Callable[[], float] | None = None,
+        cache: tuple[int, int, bool] = (16, 0, False),
     ) -> None:
         """``max_loras`` (LoRA enabled) exports vllm:lora_requests_info; ``wall_clock``
-        stamps it (default: the process start time)."""
+        stamps it (default: the process start time); ``cache`` is (block_size,
+        num_gpu_blocks, enable_prefix_caching), exported as vllm:cache_config_info."""
         self.registry = CollectorRegistry()
         labels = ("model_name", "engine")
         values = (model, "0")
@@ -88,6 +90,13 @@ class SimMetrics:
             buckets=E2E_BUCKETS,
             registry=r,
         ).labels(*values)
+        # As vLLM (v1 loggers' log_metrics_info): CacheConfig's fields as labels, value 1.
+        block_size, blocks, prefix_caching = cache
+        info = {"block_size": str(block_size), "cache_dtype": "auto",
+                "enable_prefix_caching": str(prefix_caching), "gpu_memory_utilization": "0.9",
+                "num_cpu_blocks": "None", "num_gpu_blocks": str(blocks), "engine": "0"}
+        Gauge("vllm:cache_config_info", "Information of the LLMEngine CacheConfig",
+              tuple(info), registry=r).labels(**info).set(1)
         self._wall = wall_clock or (lambda: start_time)
         self._lora: Gauge | None = None
         self._max_loras = str(max_loras)

@@ -1,0 +1,212 @@
+"""Hot shared prefixes kept as text, so that a replica that joins (or a pool about to take
+the traffic) can be sent them before users arrive (`routing.prefix.keep_prefixes`).
+
+A prefix here is the leading full chunks of a prompt (core.prefix's chained hashes). Each
+chunk hash remembers who sent it (a hash of the session key, the `user` field or the
+client address; at most `keep_min_users` of them, in a bounded LRU of candidates). A
+request's deepest chunk sent by `keep_min_users` distinct senders is its shared prefix:
+only then is text kept, and only the shared bytes (cut at the chunk boundary), so what one
+sender alone sent is never stored. A chat is kept as message structure (the leading
+messages, the last one cut to the boundary), a completion as its prompt's head, so each
+replays as a valid request.
+
+A kept prefix is named by its last chunk's hash; a deeper shared prefix that extends a
+kept one replaces it (replaying the deeper one warms both). Each has a heat: requests that
+carried it, halving every `ttl` seconds. The kept text is bounded by `keep_bytes`; the
+least hot goes first. Pure: the clock is passed in.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
+
+from warmgw.core.prefix import PrefixParams, chain, render
+
+MAX_CANDIDATES = 65536  # chunk hashes whose senders are remembered
+SEP = 1  # bytes of the separator core.prefix.render puts between texts
+
+
+class Kept:
+    """One kept prefix: a request body (without model and max_tokens) that renders to it."""
+
+    __slots__ = ("at", "body", "chunks", "heat", "model", "route", "size")
+
+    def __init__(self, route: str, model: str, body: dict[str, Any], chunks: tuple[int, ...],
+                 size: int, now: float) -> None:
+        self.route = route  # "chat" or "completions"
+        self.model = model
+        self.body = body  # {"messages": [...]} or {"prompt": "..."}
+        self.chunks = chunks  # its chained chunk hashes, as a replay of it renders
+        self.size = size  # bytes of text kept
+        self.heat = 0.0
+        self.at = now
+
+    def heat_at(self, now: float, half_life: float) -> float:
+        fade: float = 0.5 ** (max(0.0, now - self.at) / half_life)
+        return self.heat * fade
+
+
+def _cut(text: str, n: int) -> str:
+    """The first n bytes of text's UTF-8 form, without a split character."""
+    return text.encode("utf-8", "surrogatepass")[:n].decode("utf-8", "ignore")
+
+
+def _utf8(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def cut_messages(messages: list[Any], limit: int) -> list[dict[str, str]]:
+    """The leading messages whose rendering (core.prefix.render) lies within limit bytes,
+    the last one's text cut at the limit. Stops before a message it cannot replay as it
+    was rendered (content that is not text, or fields besides role and content)."""
+    out: list[dict[str, str]] = []
+    pos = 0
+    for m in messages:
+        if not isinstance(m, Mapping) or set(m) - {"role", "content"}:
+            break
+        role, content = m.get("role"), m.get("content")
+        if not isinstance(role, str):
+            break
+        if isinstance(content, list):
+            if not all(isinstance(p, Mapping) and p.get("type") == "text"
+                       and isinstance(p.get("text"), str) for p in content):
+                break
+            if len(content) != 1:  # parts render as separate texts: keep it simple
+                break
+            content = content[0]["text"]
+        if not isinstance(content, str):
+            break
+        start = pos + (SEP if out else 0) + _utf8(role) + SEP  # where the content begins
+        if start >= limit:
+            break
+        text = content if start + _utf8(content) <= limit else _cut(content, limit - start)
+        out.append({"role": role, "content": text})
+        pos = start + _utf8(text)
+        if text is not content:
+            break
+    return out
+
+
+class PrefixKeeper:
+    def __init__(self, params: PrefixParams, max_candidates: int = MAX_CANDIDATES) -> None:
+        self.p = params
+        self.max_candidates = max_candidates
+        self._senders: OrderedDict[int, set[int]] = OrderedDict()  # chunk -> who sent it
+        self.kept: dict[int, Kept] = {}  # last chunk hash -> kept prefix
+        self._within: dict[int, int] = {}  # every chunk of a kept prefix -> its name
+        self.bytes = 0
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        return len(self.kept)
+
+    def observe(self, route: str, obj: Mapping[str, Any], model: str,
+                chunks: tuple[int, ...], who: str, now: float) -> None:
+        """A user request: chunks are its prompt's chained hashes, who its sender."""
+        if not chunks:
+            return
+        need = self.p.keep_min_users
+        u = hash(who)
+        senders = self._senders
+        deepest = -1
+        for i, h in enumerate(chunks):
+            s = senders.get(h)
+            if s is None:
+                senders[h] = {u}
+                s = senders[h]
+            else:
+                senders.move_to_end(h)
+                if len(s) < need:
+                    s.add(u)
+            if len(s) >= need:
+                deepest = i
+        while len(senders) > self.max_candidates:
+            senders.popitem(last=False)
+        if deepest < 0:
+            return
+        name = self._within.get(chunks[deepest])
+        if name is None:
+            self._keep(route, obj, model, deepest, now)
+            return
+        k = self.kept[name]
+        k.heat = k.heat_at(now, self.p.ttl) + 1.0
+        k.at = now
+
+    def _keep(self, route: str, obj: Mapping[str, Any], model: str, deepest: int, now: float
+              ) -> int | None:
+        """Keep the text of the request's first deepest + 1 chunks (as a replay of it renders
+        them); its name, or None if it was not kept."""
+        limit = (deepest + 1) * self.p.chunk_bytes
+        body: dict[str, Any]
+        if route == "chat":
+            messages = obj.get("messages")
+            if not isinstance(messages, list):
+                return None
+            cut = cut_messages(messages, limit)
+            if not cut:
+                return None
+            body = {"messages": cut}
+            size = sum(_utf8(m["content"]) for m in cut)
+        else:
+            prompt = obj.get("prompt")
+            if not isinstance(prompt, str):
+                return None
+            text = _cut(prompt, limit)
+            body = {"prompt": text}
+            size = _utf8(text)
+        p = self.p
+        mine = chain(render(route, body), zlib.crc32(model.encode()), p.chunk_bytes,
+                     p.max_chunks)
+        if not mine or size > p.keep_bytes:
+            return None  # nothing a replay would cache as a full chunk
+        name = mine[-1]
+        heat = 0.0
+        for h in mine[:-1]:  # shallower prefixes it extends: replaying it warms them too
+            old = self.kept.get(h)
+            if old is not None:
+                heat += old.heat_at(now, p.ttl)
+                self._drop(h)
+        k = self.kept.get(name)
+        if k is not None:  # kept already (the request's chunks ran past its replay's)
+            k.heat = k.heat_at(now, p.ttl) + 1.0
+            k.at = now
+            return name
+        k = self.kept[name] = Kept(route, model, body, mine, size, now)
+        k.heat = heat + 1.0
+        for h in mine:
+            self._within[h] = name
+        self.bytes += size
+        while self.bytes > p.keep_bytes:  # the least hot out, the older first on a tie
+            coldest = min(self.kept, key=lambda n: (self.kept[n].heat_at(now, p.ttl),
+                                                    self.kept[n].at))
+            self._drop(coldest)
+            self.evicted += 1
+            if coldest == name:
+                return None
+        return name
+
+    def _drop(self, name: int) -> None:
+        k = self.kept.pop(name)
+        self.bytes -= k.size
+        for h in k.chunks:
+            if self._within.get(h) == name:
+                del self._within[h]
+
+    def top(self, models: frozenset[str], count: int, max_chunks: int, now: float
+            ) -> list[Kept]:
+        """The hottest kept prefixes of these models, hottest first: at most count of them,
+        and no more chunks in all than max_chunks (what the replica's cache can hold)."""
+        ranked = sorted((k for k in self.kept.values() if k.model in models),
+                        key=lambda k: -k.heat_at(now, self.p.ttl))
+        out: list[Kept] = []
+        room = max_chunks
+        for k in ranked:
+            if len(out) >= count:
+                break
+            if len(k.chunks) <= room:
+                out.append(k)
+                room -= len(k.chunks)
+        return out
