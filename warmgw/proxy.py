@@ -31,6 +31,7 @@ from warmgw.core.facts import (
     prompt_tokens_of,
     route_of,
 )
+from warmgw.core.keep import sender_of
 from warmgw.core.lifecycle import State
 from warmgw.core.model import Endpoint, Route, Snapshot
 from warmgw.core.registry import Transition
@@ -136,7 +137,7 @@ class Proxy:
             keeper = router.keeper
             if keeper is not None and facts.chunks:
                 keeper.observe(facts.route, obj, facts.model or "", facts.chunks,
-                               facts.session or _sender(req, obj), router.clock.now())
+                               sender_of(obj, facts.session, _address(req)), router.clock.now())
         elif req.path == "/v1/models" and method in ("GET", "HEAD"):
             return self._local(req, 200, self.models(snap))
         else:
@@ -353,14 +354,10 @@ def _sole_model(snap: Snapshot) -> str | None:
     return None
 
 
-def _sender(req: Request, obj: dict[str, Any]) -> str:
-    """Who sent a request, for keep_prefixes: the `user` field, else the client address."""
-    user = obj.get("user")
-    if isinstance(user, str) and user:
-        return "user:" + user
+def _address(req: Request) -> str:
     t = req.conn.transport
     peer = t.get_extra_info("peername") if t is not None else None
-    return "addr:" + (str(peer[0]) if isinstance(peer, tuple) and peer else "")
+    return str(peer[0]) if isinstance(peer, tuple) and peer else ""
 
 
 def _is_json(mime: str) -> bool:

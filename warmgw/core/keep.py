@@ -210,3 +210,15 @@ class PrefixKeeper:
                 out.append(k)
                 room -= len(k.chunks)
         return out
+
+
+def sender_of(obj: Mapping[str, Any], session: str | None, address: str) -> str:
+    """Who sent a request, as keep_prefixes counts senders: the session key, else the
+    OpenAI `user` field, else the client's address ("" when unknown: all such requests
+    then count as one sender, so they never make a prefix shared on their own)."""
+    if session is not None:
+        return session
+    user = obj.get("user")
+    if isinstance(user, str) and user:
+        return "user:" + user
+    return "addr:" + address

@@ -31,6 +31,7 @@ from warmgw.core.facts import (
     prompt_tokens_of,
     route_of,
 )
+from warmgw.core.keep import sender_of
 from warmgw.core.model import Snapshot
 from warmgw.core.routing import Router, Ticket
 from warmgw.epp import wire
@@ -181,8 +182,15 @@ class Exchange:
         sole = next(iter(known)) if len(known) == 1 else None
         routing = router.routing
         header = routing.session.header if routing is not None else ""
-        return from_json(path, obj, len(body), sole, router.ratios, router.profile.keep_spec,
-                         routing, (h.get(header.lower()) or None) if header else None)
+        facts = from_json(path, obj, len(body), sole, router.ratios, router.profile.keep_spec,
+                          routing, (h.get(header.lower()) or None) if header else None)
+        keeper = router.keeper
+        if keeper is not None and isinstance(facts, RequestFacts) and facts.chunks:
+            # the client's address as Envoy saw it: the first X-Forwarded-For entry
+            address = h.get("x-forwarded-for", "").split(",", 1)[0].strip()
+            keeper.observe(facts.route, obj, facts.model or "", facts.chunks,
+                           sender_of(obj, facts.session, address), router.clock.now())
+        return facts
 
     def _refuse(self, r: Refusal) -> list[Reply]:
         return self._local(r.status, r.message, r.type, r.code, r.param, r.retry)
