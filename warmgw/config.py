@@ -6,6 +6,7 @@ got 'localhost'`.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -187,6 +188,9 @@ def parse_routing(raw: Mapping[str, Any]) -> RoutingParams:
     if p.chunk_bytes < 16 or p.max_chunks < 1 or p.replica_chunks < 1 or p.epsilon <= 0:
         raise ConfigError("routing.prefix: expected chunk_bytes >= 16, max_chunks >= 1, "
                           f"replica_chunks >= 1, epsilon > 0; got {p}")
+    if not p.share_window >= 0 or math.isinf(p.share_window):
+        raise ConfigError("routing.prefix.share_window: expected seconds >= 0 (0: off), "
+                          f"got {p.share_window!r}")
     if p.keep_prefixes:
         if not p.enabled:
             raise ConfigError("routing.prefix.keep_prefixes: needs routing.prefix.enabled: true "

@@ -35,7 +35,12 @@ class PrefixParams:
     replica_cache_tokens: int = 0  # a replica's prefix cache in tokens (0: unknown)
     ttl: float = 600.0
     epsilon: float = 0.25  # bounded load: at most (1 + epsilon) x its weighted fair share
-    load_cost: float = 1.0  # cached chunks worth one more request in flight (per weight)
+    # s: the time constant of each replica's decayed count of recent picks, which the
+    # bound also caps (so request counts stay within it, not only requests in flight);
+    # 0: the in-flight bound only
+    share_window: float = 10.0
+    load_cost: float = 1.0  # cached chunks worth one more request in flight per unit of
+    # weight above the group's mean (below it, load does not count against a holder)
     min_chunks: int = 1  # fewer cached chunks than this: no affinity
     # latency compared per uncached prompt token (the ramp and the fleet's baseline key a
     # request by its uncached part: the replica's cached_tokens, else the index's estimate)
