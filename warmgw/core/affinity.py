@@ -12,10 +12,11 @@ size and load, and say nothing of a ramping replica's share. It is applied twice
 - recent picks (`share_window` > 0): each replica's picks are counted, decayed with time
   constant share_window, and a replica takes a new placement (a prefix's request, or a
   session that has to move) only while its count after the pick is at most
-  (1 + epsilon / 2) x its weighted share of the group's (each count plus one, so a fresh
+  (1 + epsilon) x its weighted share of the group's (each count plus one, so a fresh
   group is not over at its first picks). A session stays where it is whatever the
-  counts (one user alone must not bounce between replicas), so placements are held to
-  half the margin, which leaves the other half to the sessions they start. Bounding
+  counts (one user alone must not bounce between replicas): how many turns a session
+  has does not depend on where it runs, so bounding where sessions start bounds the
+  counts, not per pick but over the window. Bounding
   requests in flight alone lets request counts drift: a replica whose cache answers
   faster frees its slots sooner and, with closed-loop clients, serves more requests
   within the same in-flight cap.
@@ -152,7 +153,7 @@ class Affinity:
         picks = self._picks
         if unit > 0.0:
             total = sum(picks.get(e.name, 0.0) for e in eps) + len(eps) * unit
-            room = (1.0 + 0.5 * eps_) * total / weight
+            room = (1.0 + eps_) * total / weight
         else:
             room = math.inf
         # a ramping replica's in-flight cap is not rounded up when nothing else scales its
