@@ -51,6 +51,7 @@ from warmgw.core.prefix import PrefixIndex, RoutingParams, SessionIndex
 
 M64 = (1 << 64) - 1
 RESCALE = 1e12  # the picks' scale factor at which counts are brought back near 1
+MAX_IDS = 4096  # replica identities cached at most
 
 
 def under_bound(e: Endpoint, w: float, group_inflight: int, group_weight: float,
@@ -124,14 +125,18 @@ class Affinity:
         if self._origin is None:
             self._origin = now
         unit = math.exp((now - self._origin) / window)
-        if unit > RESCALE:  # rare: bring the counts back to the scale of one pick
+        if unit > RESCALE:  # rare (every window x 28): counts back to the scale of one
+            # pick, and replicas not picked for that long forgotten
             self._picks = {k: v / unit for k, v in self._picks.items() if v / unit > 1e-9}
+            self._ids = {k: v for k, v in self._ids.items() if k in self._picks}
             self._origin, unit = now, 1.0
         return unit
 
     def _ident(self, name: str) -> int:
         got = self._ids.get(name)
         if got is None:
+            if len(self._ids) >= MAX_IDS:  # names of replicas long gone (share_window 0)
+                self._ids.clear()
             h = zlib.crc32(name.encode())
             got = self._ids[name] = (h << 32) | zlib.crc32(name.encode(), h)
         return got
