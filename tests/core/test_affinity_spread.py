@@ -14,7 +14,7 @@ import pytest
 
 from tests.core.test_affinity import EPS, facts
 from tests.core.test_picker import NOW, one_pool, ramping, ready
-from warmgw.core.affinity import rendezvous
+from warmgw.core.affinity import mix, rendezvous
 from warmgw.core.clock import FakeClock
 from warmgw.core.policy import TrafficPolicy
 from warmgw.core.prefix import PrefixParams, RoutingParams, SessionParams
@@ -40,6 +40,9 @@ def test_rendezvous_wins_in_proportion_to_weight() -> None:
         wins[scores.index(max(scores))] += 1
     for k, w in enumerate(weights):
         assert abs(wins[k] / 20000 - w / sum(weights)) < 0.015, (k, wins)
+    for key in range(2000):  # at equal weights the picker compares mix() alone: same order
+        by_mix = max(ids, key=lambda i: mix(key * 7919, i))
+        assert by_mix == max(ids, key=lambda i: rendezvous(key * 7919, i, 1.0))
 
 
 @pytest.mark.parametrize("share_window", [0.0, 10.0], ids=["in flight", "and recent picks"])

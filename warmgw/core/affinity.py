@@ -63,15 +63,20 @@ def under_bound(e: Endpoint, w: float, group_inflight: int, group_weight: float,
     return e.inflight + 1 <= (cap if affine and w < 1.0 else math.ceil(cap))
 
 
+def mix(key: int, ident: int) -> int:
+    """A 64-bit hash of (key, replica): splitmix64's finaliser."""
+    x = (key ^ ident) & M64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & M64
+    return x ^ (x >> 31)
+
+
 def rendezvous(key: int, ident: int, w: float) -> float:
     """Weighted rendezvous (highest random weight) score of a replica for a key: across
     replicas, the highest wins with probability w / (sum of w), and a key's winner moves
-    only when the winner leaves or a weight changes."""
-    x = (key ^ ident) & M64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & M64  # splitmix64's finaliser
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & M64
-    x ^= x >> 31
-    u = ((x >> 11) + 0.5) * (1.0 / (1 << 53))  # in (0, 1)
+    only when the winner leaves or a weight changes. With equal weights it orders replicas
+    as mix() does, which the picker then uses alone (no log)."""
+    u = ((mix(key, ident) >> 11) + 0.5) * (1.0 / (1 << 53))  # in (0, 1)
     return -w / math.log(u)
 
 
@@ -157,7 +162,7 @@ class Affinity:
         unit = self._unit(now)
         picks = self._picks
         if unit > 0.0:
-            total = sum(picks.get(e.name, 0.0) for e in eps) + len(eps) * unit
+            total = sum(picks.get(e.spec.name, 0.0) for e in eps) + len(eps) * unit
             room = (1.0 + eps_) * total / weight
         else:
             room = math.inf
@@ -182,19 +187,30 @@ class Affinity:
             cost = p.load_cost
             least = p.min_chunks
             head = chunks[0]
+            uniform = group.uniform
+            # all at weight 1: one in-flight cap for all, and no weight to read
+            cap = math.ceil((1.0 + eps_) * (inflight + 1) / weight)
+            ids = self._ids
             best: Endpoint | None = None
             best_score = best_rank = -math.inf
             for e in eps:
-                w = e.weight(now)
-                if w <= 0.0 or picks.get(e.name, 0.0) + unit > room * w:
-                    continue
-                if not under_bound(e, w, inflight, weight, eps_, exact):
-                    continue
-                d = depth.get(e.name, 0)
+                n = e.spec.name
+                if uniform:
+                    if e.inflight >= cap or picks.get(n, 0.0) + unit > room:
+                        continue
+                    w = 1.0
+                else:
+                    w = e.weight(now)
+                    if w <= 0.0 or picks.get(n, 0.0) + unit > room * w:
+                        continue
+                    if not under_bound(e, w, inflight, weight, eps_, exact):
+                        continue
+                d = depth.get(n, 0)
                 score = (d if d >= least else 0) - cost * max(0.0, e.inflight / w - fair)
                 if score < best_score:
                     continue
-                r = rendezvous(head, self._ident(e.name), w)
+                ident = ids.get(n) or self._ident(n)
+                r = mix(head, ident) if uniform else rendezvous(head, ident, w)
                 if score > best_score or r > best_rank:
                     best, best_score, best_rank = e, score, r
             if best is not None:
