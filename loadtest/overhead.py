@@ -140,8 +140,10 @@ def parse_args(argv: list[str] | None) -> Options:
                    help="a prompt of N bytes instead (e.g. 8192: about 1,700 words)")
     p.add_argument("--strategy", default="warm", choices=["warm", "round_robin"])
     p.add_argument("--prefix-routing", action="store_true",
-                   help="prefix affinity on in the gateway (routing.prefix.enabled), so every "
-                        "prompt is hashed: with --prompt-bytes 8192, the hashing's cost")
+                   help="prefix affinity on in this tree's gateway (routing.prefix.enabled), so "
+                        "every prompt is hashed: with --prompt-bytes 8192, the hashing's cost; "
+                        "a --compare-src tree runs without it (what the feature costs against "
+                        "a tree that has none)")
     p.add_argument("--peers", default=",".join(PEERS),
                    help=f"peer proxies to try if installed ({','.join(PEERS)}; "
                         "'none' or '' for none)")
@@ -192,9 +194,6 @@ def parse_args(argv: list[str] | None) -> Options:
         p.error("need concurrency >= 1, rounds >= 1 and requests >= rounds")
     if opts.pin and len(os.sched_getaffinity(0)) < 2:
         p.error("--pin: needs 2 CPUs or more")
-    if opts.prefix_routing and opts.compare_src is not None:
-        p.error("--prefix-routing with --compare-src: the reference tree may not know the "
-                "routing section; compare without it")
     if opts.prefix_routing and opts.strategy == "round_robin":
         p.error("--prefix-routing: round_robin never uses affinity (use --strategy warm)")
     if opts.prompt_bytes is not None and opts.prompt_bytes < 1:

@@ -238,6 +238,20 @@ class Router:
         ep.tickets.add(ticket)
         return ticket
 
+    def moved(self, ticket: Ticket, to: Endpoint, why: str) -> Ticket:
+        """The front-end's proxy sent the attempt elsewhere than picked (Envoy's fallback
+        after the picked endpoint failed to take it): that one counts a failure it could
+        not take (NOT_SENT), the ticket closes, and a new one on `to` carries the outcome."""
+        ticket.fail(Failure.NOT_SENT, why)
+        ticket.close()
+        to.inflight += 1
+        to.requests += 1
+        moved = Ticket(self, to, ticket.facts, ticket.t0, ticket.cancel)
+        # the estimate was the picked one's; the fallback was not chosen for its cache
+        moved.uncached = ticket.facts.tokens if ticket.uncached >= 0 else -1
+        to.tickets.add(moved)
+        return moved
+
     def alternates(self, route: Route, first: Endpoint, n: int) -> list[Endpoint]:
         """Up to n more endpoints, in the order the picker would try them after `first`
         (fallbacks a proxy may go down on its own); no in-flight count is taken."""

@@ -213,11 +213,26 @@ class Exchange:
         except ValueError:
             self.status = 0
         self._streamed = "content-length" not in ev.headers
+        if ev.served and self.ticket is not None and self.phase is Phase.UPSTREAM:
+            self._served(ev.served)
         if self.phase is Phase.UPSTREAM:
             self.phase = Phase.RESPONSE
             if ev.eos:
                 self._complete()
         return [wire.headers_reply(False)]
+
+    def _served(self, served: str) -> None:
+        """Envoy reports the endpoint that served the request: when it is not the one
+        picked (it fell back down the list), the outcome belongs to the one that served."""
+        t = self.ticket
+        assert t is not None
+        if served == self.address(t.ep.url):
+            return
+        for ep in self.router.registry.endpoints.values():
+            if self.address(ep.url) == served:
+                self.ticket = self.router.moved(
+                    t, ep, f"Envoy served the request from {served} instead")
+                return
 
     def _response_body(self, ev: Event) -> list[Reply]:
         t = self.ticket
