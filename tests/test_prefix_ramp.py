@@ -57,12 +57,14 @@ async def ramp(shared: bool, uncached_latency: bool, stream: bool
     how many latency ratios its ramp was fed)."""
     async with SimFleet(SIM, replicas=4) as fleet:
         urls = {f"r{i}": fleet.urls[i] for i in range(3)}
-        # 1 KB chunks: a system prompt is 2 of them, so a replica with 2 requests in flight
-        # weighs as much as its cached prefix and the cold newcomer (none in flight) takes
-        # misses; with 11 chunks of 256 bytes affinity would starve it of any user request
-        # while every prefix is cached elsewhere, and its ramp would have nothing to judge
+        # 1 KB chunks (a system prompt is 2 of them) and a high load_cost: a holder with
+        # more in flight than the group's mean loses to the cold newcomer, which then takes
+        # misses for its ramp to judge; with 256-byte chunks and the default load_cost
+        # affinity can starve it of any user request while every prefix is cached
+        # elsewhere (its ramp then ends on time alone, with nothing judged)
         cfg = gateway_config(urls, ramp=RAMP, routing={"prefix": {
-            "enabled": True, "uncached_latency": uncached_latency, "chunk_bytes": 1024}})
+            "enabled": True, "uncached_latency": uncached_latency, "chunk_bytes": 1024,
+            "load_cost": 8.0}})
         async with Gateway(cfg) as gw, aiohttp.ClientSession() as s:
             await wait_all_ready(gw)
             stop = asyncio.Event()

@@ -38,7 +38,7 @@ class PrefixParams:
     # s: the time constant of each replica's decayed count of recent picks, which the
     # bound also caps (so request counts stay within it, not only requests in flight);
     # 0: the in-flight bound only
-    share_window: float = 10.0
+    share_window: float = 0.0  # s; off by default (see README: a ramping newcomer at low load)
     load_cost: float = 1.0  # cached chunks worth one more request in flight per unit of
     # weight above the group's mean (below it, load does not count against a holder)
     min_chunks: int = 1  # fewer cached chunks than this: no affinity
