@@ -30,10 +30,8 @@ from typing import Any
 
 import aiohttp
 
-from loadtest.loadgen import loopback
 from loadtest.prefix_spec import PrefixWorkload
-from loadtest.spec import Workload
-from loadtest.workload import ERROR_PAUSE, Sample, Who
+from loadtest.workload import ERROR_PAUSE, Load, Sample
 
 
 class Prompts:
@@ -90,67 +88,23 @@ def cached_of(usage: dict[str, Any] | None) -> tuple[int, int]:
 
 
 @dataclass
-class SessionLoad:
-    """The interface of loadtest.workload.Load, for session traffic."""
+class SessionLoad(Load):
+    """loadtest.workload.Load, for session traffic: closed-loop clients (the workload's
+    arrivals.concurrency of them), each running sessions one after the other."""
 
-    url: str
-    workload: Workload
-    model: str
-    who: Who
-    samples: list[Sample] = field(default_factory=list)
     turns: list[dict[str, Any]] = field(default_factory=list)
-    inflight: int = 0
-    t0: float = 0.0
 
     def __post_init__(self) -> None:
-        if not loopback(self.url):
-            raise ValueError(f"only loopback targets are allowed, got {self.url!r}")
+        super().__post_init__()
         if self.workload.prefix is None:
             raise ValueError("SessionLoad needs workload.prefix")
         self.p: PrefixWorkload = self.workload.prefix
         self.prompts = Prompts(self.p, self.workload.seed)
         self.max_tokens = min(k for k, _ in self.workload.max_tokens)
-        self._tasks: list[asyncio.Task[None]] = []
-        self._stop_at = math.inf
-        self._session: aiohttp.ClientSession | None = None
 
-    def now(self) -> float:
-        return time.monotonic() - self.t0
-
-    @property
-    def errors(self) -> int:
-        return sum(not s.ok for s in self.samples)
-
-    async def start(self, stop_at: float) -> None:
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60.0),
-            timeout=aiohttp.ClientTimeout(total=self.workload.request_timeout),
-        )
-        self.t0 = time.monotonic()
-        self._stop_at = stop_at
+    def _senders(self) -> list[asyncio.Task[None]]:
         n = self.workload.arrivals.concurrency
-        self._tasks = [asyncio.create_task(self._client(i)) for i in range(n)]
-
-    def stop_at(self, t: float) -> None:
-        self._stop_at = t
-
-    async def wait(self, grace: float) -> None:
-        try:
-            left = max(0.0, self._stop_at - self.now()) + grace
-            async with asyncio.timeout(left):
-                await asyncio.gather(*self._tasks, return_exceptions=True)
-        except TimeoutError:
-            pass
-        finally:
-            await self.close()
-
-    async def close(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        return [asyncio.create_task(self._client(i)) for i in range(n)]
 
     async def _client(self, i: int) -> None:
         rng = random.Random(self.workload.seed * 1000 + i)
@@ -166,14 +120,14 @@ class SessionLoad:
                     return
                 messages.append({"role": "user", "content": words(
                     f"{session}t{turn}u", rng.randint(*self.p.turn_tokens))})
-                if not await self._one(messages, sys_id, session, turn):
+                if not await self._turn(messages, sys_id, session, turn):
                     await asyncio.sleep(ERROR_PAUSE)
                     break  # a failed turn ends its session
                 if self.p.answer_tokens:
                     messages.append({"role": "assistant", "content": words(
                         f"{session}t{turn}a", self.p.answer_tokens)})
 
-    async def _one(self, messages: list[dict[str, str]], sys_id: int, session: str,
+    async def _turn(self, messages: list[dict[str, str]], sys_id: int, session: str,
                    turn: int) -> bool:
         assert self._session is not None
         rid = f"{session}t{turn}-{len(self.turns)}"

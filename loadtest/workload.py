@@ -157,11 +157,14 @@ class Load:
         )
         self.t0 = time.monotonic()
         self._stop_at = stop_at
+        self._tasks = self._senders()
+
+    def _senders(self) -> list[asyncio.Task[None]]:
+        """The tasks that send: closed-loop clients, or one Poisson arrival process."""
         a = self.workload.arrivals
         if a.kind == "closed":
-            self._tasks = [asyncio.create_task(self._client(i)) for i in range(a.concurrency)]
-        else:
-            self._tasks = [asyncio.create_task(self._poisson())]
+            return [asyncio.create_task(self._client(i)) for i in range(a.concurrency)]
+        return [asyncio.create_task(self._poisson())]
 
     def stop_at(self, t: float) -> None:
         """Move the end (only earlier or later than now; requests already sent run on)."""

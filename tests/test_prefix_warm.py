@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+from collections.abc import Callable
 
 import aiohttp
 import pytest
@@ -33,6 +34,27 @@ def system(p: int) -> str:
     return " ".join(f"sys{p}w{i}" for i in range(WORDS))
 
 
+async def user_traffic(s: aiohttp.ClientSession, url: str, seed: int, stop: asyncio.Event,
+                       judged: Callable[[str], bool], served: list[tuple[int, int]]) -> None:
+    """One user loop: hot system prompts, `user` among 40 names; the answers of the replicas
+    `judged` picks are noted (system prompt, cached tokens) until FIRST of them."""
+    rng = random.Random(seed)
+    for k in itertools.count():
+        if stop.is_set():
+            return
+        p = rng.randrange(SYSTEMS)
+        body = {"model": "tiny", "max_tokens": 2, "user": f"user-{rng.randrange(40)}",
+                "messages": [{"role": "system", "content": system(p)},
+                             {"role": "user", "content": f"question {seed} {k}"}]}
+        async with s.post(url + "/v1/chat/completions", json=body) as r:
+            assert r.status == 200, await r.text()
+            got = await r.json()
+            if judged(r.headers["X-Warmgw-Replica"]):
+                served.append((p, got["usage"]["prompt_tokens_details"]["cached_tokens"]))
+                if len(served) >= FIRST:
+                    stop.set()
+
+
 async def newcomer(keep: bool) -> tuple[list[tuple[int, int]], dict[str, int]]:
     """(system prompt, cached tokens) of each of the newcomer's first FIRST user requests
     (all carry a hot system prompt), and the gateway's kept-prefix figures when r3 joined."""
@@ -45,26 +67,8 @@ async def newcomer(keep: bool) -> tuple[list[tuple[int, int]], dict[str, int]]:
             await wait_all_ready(gw)
             stop = asyncio.Event()
 
-            async def user_traffic(seed: int) -> None:
-                rng = random.Random(seed)
-                for k in itertools.count():
-                    if stop.is_set():
-                        return
-                    p = rng.randrange(SYSTEMS)
-                    body = {"model": "tiny", "max_tokens": 2,
-                            "user": f"user-{rng.randrange(40)}", "messages": [
-                                {"role": "system", "content": system(p)},
-                                {"role": "user", "content": f"question {seed} {k}"}]}
-                    async with s.post(gw.url + "/v1/chat/completions", json=body) as r:
-                        assert r.status == 200, await r.text()
-                        got = await r.json()
-                        if r.headers["X-Warmgw-Replica"] == "r3":
-                            details = got["usage"]["prompt_tokens_details"]
-                            served.append((p, details["cached_tokens"]))
-                            if len(served) >= FIRST:
-                                stop.set()
-
-            workers = [asyncio.create_task(user_traffic(i)) for i in range(6)]
+            workers = [asyncio.create_task(user_traffic(
+                s, gw.url, i, stop, lambda name: name == "r3", served)) for i in range(6)]
             try:
                 await asyncio.sleep(1.5)  # every hot prefix sent by many users
                 kept = gw.router.keeper
@@ -147,26 +151,9 @@ async def green_after_cutover(keep: bool) -> list[tuple[int, int]]:
             await wait_all_ready(gw)
             stop = asyncio.Event()
 
-            async def user_traffic(seed: int) -> None:
-                rng = random.Random(seed)
-                for k in itertools.count():
-                    if stop.is_set():
-                        return
-                    p = rng.randrange(SYSTEMS)
-                    body = {"model": "tiny", "max_tokens": 2,
-                            "user": f"user-{rng.randrange(40)}", "messages": [
-                                {"role": "system", "content": system(p)},
-                                {"role": "user", "content": f"question {seed} {k}"}]}
-                    async with s.post(gw.url + "/v1/chat/completions", json=body) as r:
-                        assert r.status == 200, await r.text()
-                        got = await r.json()
-                        if r.headers["X-Warmgw-Replica"].startswith("green"):
-                            details = got["usage"]["prompt_tokens_details"]
-                            served.append((p, details["cached_tokens"]))
-                            if len(served) >= FIRST:
-                                stop.set()
-
-            workers = [asyncio.create_task(user_traffic(i)) for i in range(6)]
+            workers = [asyncio.create_task(user_traffic(
+                s, gw.url, i, stop, lambda name: name.startswith("green"), served))
+                for i in range(6)]
             try:
                 await asyncio.sleep(1.5)
                 async with s.post(gw.admin_url + "/admin/v1/cutover", json={"to": "green"},
