@@ -9,8 +9,12 @@ loadtest.sessions), over the measured window (from the start of `steady` to the 
 - the newcomer's share: its requests / all requests from the event time (T0) on;
 - the newcomer's misses: its user requests that found fewer of their shared system
   prompt's full blocks cached than the prompt has (its session's history excluded), for a
-  system prompt the fleet had cached: an earlier response from another replica had found
-  all of that prompt's full blocks cached.
+  system prompt the fleet had cached: another replica held all of that prompt's full
+  blocks when the request was scheduled (the simulator logs it per request:
+  `fleet_cached_tokens`, read with the replica by X-Request-Id). The same measure per
+  replica (`held_elsewhere_misses`) and the looser one of earlier runs (any replica had
+  held it at any earlier time, though it may have evicted it since: `*_ever`) are in the
+  JSON.
 
 Also plot.png for this scenario: the hit rate over time, and the newcomer's share of
 requests, per strategy, aligned on T0.
@@ -55,6 +59,7 @@ def summarise_prefix(run: Mapping[str, Any], initial: Sequence[str], newcomers: 
     after = [r for r in ok if r["t"] >= t0]
     new = [r for r in after if r["replica"] in newcomers]
     misses, judged = newcomer_misses(turns, newcomers, t0, block)
+    ever = newcomer_misses_ever(turns, newcomers, t0, block)
     return {
         "requests": len(ok),
         "without_usage": len(ok) - len(usage),
@@ -69,6 +74,9 @@ def summarise_prefix(run: Mapping[str, Any], initial: Sequence[str], newcomers: 
         "newcomer_share": len(new) / len(after) if after else None,
         "newcomer_requests": len(new),
         "newcomer_misses": misses, "newcomer_judged": judged,
+        "newcomer_misses_ever": ever[0], "newcomer_judged_ever": ever[1],
+        "held_elsewhere_misses": {k: list(v) for k, v in
+                                  held_elsewhere_misses(turns, t0, block).items()},
     }
 
 
@@ -79,8 +87,35 @@ def _rate(recs: Sequence[Mapping[str, Any]]) -> float | None:
 
 def newcomer_misses(turns: Sequence[Mapping[str, Any]], newcomers: Sequence[str], t0: float,
                     block: int) -> tuple[int, int]:
-    """(misses, judged): the newcomers' user requests from t0 on whose system prompt the
-    fleet had cached (judged), and those of them that did not find it cached (misses)."""
+    """(misses, judged): the newcomers' user requests from t0 on whose shared system prompt
+    another replica held in full when the request was scheduled (judged: the simulator's
+    `fleet_cached_tokens`), and those of them that did not find it cached (misses)."""
+    per = held_elsewhere_misses(turns, t0, block)
+    return (sum(per.get(n, (0, 0))[0] for n in newcomers),
+            sum(per.get(n, (0, 0))[1] for n in newcomers))
+
+
+def held_elsewhere_misses(turns: Sequence[Mapping[str, Any]], t0: float, block: int
+                          ) -> dict[str, tuple[int, int]]:
+    """Per replica, from t0 on: (misses, judged) of user requests whose system prompt
+    another replica held in full at that moment; a miss is a request that went where the
+    prompt was not cached although the fleet had it (session histories excluded)."""
+    out: dict[str, tuple[int, int]] = {}
+    for r in turns:
+        need = shared_blocks_tokens(r["sys_tokens"], block)
+        if (not r["ok"] or r["cached_tokens"] < 0 or r["t"] < t0 or need <= 0
+                or r.get("fleet_cached", -1) < need):
+            continue
+        m, j = out.get(r["replica"], (0, 0))
+        out[r["replica"]] = (m + (r["cached_tokens"] < need), j + 1)
+    return dict(sorted(out.items()))
+
+
+def newcomer_misses_ever(turns: Sequence[Mapping[str, Any]], newcomers: Sequence[str],
+                         t0: float, block: int) -> tuple[int, int]:
+    """The looser measure of earlier runs: judged when any other replica had been seen
+    holding the prompt at any earlier time (an earlier response from it found all of its
+    full blocks cached), though it may have evicted it since."""
     seen: dict[int, float] = {}  # system prompt -> first time another replica had it cached
     misses = judged = 0
     for r in sorted(turns, key=lambda x: x["t"]):
@@ -143,7 +178,7 @@ def markdown(data: Mapping[str, Any], initial: Sequence[str]) -> list[str]:
             f"replica present from the start, max/mean (bound {BOUND}); TTFT at the client, "
             "ms; the newcomer's share of requests from T0 on, and its misses: its user "
             "requests that did not find their shared system prompt cached although another "
-            "replica had it cached earlier (session histories excluded).", "",
+            "replica held it at that moment (session histories excluded).", "",
             "| strategy | hit rate | hit rate from T0 | load max/mean | requests per "
             "replica | TTFT p50 | TTFT p99 | newcomer's share | newcomer's misses |",
             "|---|---|---|---|---|---|---|---|---|", *rows, "",

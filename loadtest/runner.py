@@ -189,12 +189,13 @@ async def _run(s: Scenario, strategy: str, workdir: Path, kids: Children,
 async def served_by(fleet: SimFleet, load: SessionLoad
                     ) -> tuple[list[dict[str, Any]], list[Sample]]:
     """The session load's records and samples with the replica that served each request,
-    from the replicas' own request logs (by X-Request-Id): a balancer need not say."""
+    from the replicas' own request logs (by X-Request-Id): a balancer need not say; and
+    `fleet_cached`: the most of the prompt another replica held cached at that moment."""
     where = await fleet.served_by()
     turns, samples = [], []
     for rec, smp in zip(load.turns, load.samples, strict=True):
-        name = where.get(rec["rid"], rec["replica"])
-        turns.append({**rec, "replica": name})
+        name, held = where.get(rec["rid"], (rec["replica"], -1))
+        turns.append({**rec, "replica": name, "fleet_cached": held})
         samples.append(smp if smp.replica == name else dataclasses.replace(smp, replica=name))
     return turns, samples
 

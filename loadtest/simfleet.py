@@ -212,22 +212,24 @@ class SimFleet:
         got = await asyncio.gather(*(one(n) for n in names))
         return dict(zip(names, got, strict=True))
 
-    async def served_by(self) -> dict[str, str]:
-        """X-Request-Id -> the name of the replica that served it, for every user request
-        in the replicas' logs that carried one."""
+    async def served_by(self) -> dict[str, tuple[str, int]]:
+        """X-Request-Id -> (the name of the replica that served it, the most of its prompt
+        another replica held in its prefix cache when it was scheduled, -1 if unknown), for
+        every user request in the replicas' logs that carried one."""
 
-        async def one(name: str) -> list[str]:
+        async def one(name: str) -> list[tuple[str, int]]:
             try:
                 status, data = await self._get(self.replicas[name].url + "/sim/requests")
             except (aiohttp.ClientError, TimeoutError, ValueError):
                 return []
             recs = data.get("requests", []) if status == 200 and isinstance(data, dict) else []
-            return [r["request_id"] for r in recs
+            return [(r["request_id"], int(r.get("fleet_cached_tokens", -1))) for r in recs
                     if not r.get("warmup") and r.get("request_id")]
 
         names = list(self.replicas)
         got = await asyncio.gather(*(one(n) for n in names))
-        return {rid: n for n, rids in zip(names, got, strict=True) for rid in rids}
+        return {rid: (n, held) for n, recs in zip(names, got, strict=True)
+                for rid, held in recs}
 
     # -- prewarm ------------------------------------------------------------------------
 

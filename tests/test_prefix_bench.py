@@ -15,17 +15,25 @@ import pytest
 import yaml
 
 from loadtest import spec
-from loadtest.prefix_report import newcomer_misses, shared_blocks_tokens, summarise_prefix
+from loadtest.prefix_report import (
+    held_elsewhere_misses,
+    newcomer_misses,
+    newcomer_misses_ever,
+    shared_blocks_tokens,
+    summarise_prefix,
+)
 from loadtest.sessions import Prompts, cached_of, usage_of
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def rec(t: float, replica: str, sys_id: int, cached: int, prompt: int = 200,
-        sys_tokens: int = 100, ok: bool = True, ttft: float = 0.02) -> dict[str, Any]:
+        sys_tokens: int = 100, ok: bool = True, ttft: float = 0.02, held: int = -1
+        ) -> dict[str, Any]:
+    """One request's record; `held`: the most of its prompt another replica held then."""
     return {"rid": f"x{t}", "t": t, "sys": sys_id, "sys_tokens": sys_tokens, "session": "s",
             "turn": 0, "prompt_tokens": prompt, "cached_tokens": cached, "ttft": ttft,
-            "ok": ok, "replica": replica}
+            "ok": ok, "replica": replica, "fleet_cached": held}
 
 
 def test_shared_blocks_count_the_chat_template_and_only_full_blocks() -> None:
@@ -36,29 +44,50 @@ def test_shared_blocks_count_the_chat_template_and_only_full_blocks() -> None:
 
 
 @pytest.mark.parametrize(("turns", "want"), [
-    # the fleet had prompt 0 cached (r0 at t=1); the newcomer r9 missed it at t=6
-    ([rec(1, "r0", 0, 96), rec(6, "r9", 0, 0)], (1, 1)),
-    # the newcomer found it cached: judged, not a miss
-    ([rec(1, "r0", 0, 96), rec(6, "r9", 0, 96)], (0, 1)),
+    # another replica held prompt 0's 96 shared tokens when r9 got it, and r9 missed it
+    ([rec(6, "r9", 0, 0, held=96)], (1, 1)),
+    # r9 found it cached: judged, not a miss
+    ([rec(6, "r9", 0, 96, held=150)], (0, 1)),
     # its session history missing is not a miss (only the shared blocks count)
-    ([rec(1, "r0", 0, 96), rec(6, "r9", 0, 96, prompt=400)], (0, 1)),
-    # nobody had prompt 1 cached before: not judged
-    ([rec(1, "r0", 0, 96), rec(6, "r9", 1, 0)], (0, 0)),
-    # the fleet's hit came after the newcomer's request: not judged
-    ([rec(6, "r9", 0, 0), rec(7, "r0", 0, 96)], (0, 0)),
+    ([rec(6, "r9", 0, 96, prompt=400, held=300)], (0, 1)),
+    # no other replica held all of it at that moment (evicted, or never): not judged,
+    # whatever an earlier response had found
+    ([rec(1, "r0", 0, 96, held=96), rec(6, "r9", 0, 0, held=48)], (0, 0)),
+    # unknown (a simulator that does not log it): not judged
+    ([rec(6, "r9", 0, 0)], (0, 0)),
     # before T0 (5): not judged; a failed request: not judged
-    ([rec(1, "r0", 0, 96), rec(4, "r9", 0, 0), rec(6, "r9", 0, 0, ok=False)], (0, 0)),
-    # a partial hit on another replica does not say the fleet had it
-    ([rec(1, "r0", 0, 48), rec(6, "r9", 0, 0)], (0, 0)),
+    ([rec(4, "r9", 0, 0, held=96), rec(6, "r9", 0, 0, ok=False, held=96)], (0, 0)),
+    # a replica present from the start is not the newcomer
+    ([rec(6, "r0", 0, 0, held=96)], (0, 0)),
 ])
 def test_newcomer_misses(turns: list[dict[str, Any]], want: tuple[int, int]) -> None:
     assert newcomer_misses(turns, ["r9"], 5.0, 16) == want
 
 
+def test_misses_while_held_elsewhere_per_replica() -> None:
+    turns = [rec(6, "r0", 0, 0, held=96), rec(7, "r0", 0, 96, held=96),
+             rec(8, "r1", 1, 0, held=0), rec(9, "r9", 0, 0, held=112)]
+    assert held_elsewhere_misses(turns, 5.0, 16) == {"r0": (1, 2), "r9": (1, 1)}
+
+
+@pytest.mark.parametrize(("turns", "want"), [
+    # the fleet had prompt 0 cached (r0 at t=1); the newcomer r9 missed it at t=6
+    ([rec(1, "r0", 0, 96), rec(6, "r9", 0, 0)], (1, 1)),
+    # nobody had prompt 1 cached before: not judged
+    ([rec(1, "r0", 0, 96), rec(6, "r9", 1, 0)], (0, 0)),
+    # the fleet's hit came after the newcomer's request: not judged
+    ([rec(6, "r9", 0, 0), rec(7, "r0", 0, 96)], (0, 0)),
+    # a partial hit on another replica does not say the fleet had it
+    ([rec(1, "r0", 0, 48), rec(6, "r9", 0, 0)], (0, 0)),
+])
+def test_newcomer_misses_ever(turns: list[dict[str, Any]], want: tuple[int, int]) -> None:
+    assert newcomer_misses_ever(turns, ["r9"], 5.0, 16) == want
+
+
 def test_summary_hit_rate_load_and_share() -> None:
     turns = [rec(0.5, "r0", 0, 999, prompt=1000),  # in warm-up: not counted
              rec(1, "r0", 0, 50, prompt=100), rec(2, "r0", 0, 100, prompt=200),
-             rec(3, "r1", 0, 0, prompt=100), rec(6, "r9", 0, 96, prompt=100),
+             rec(3, "r1", 0, 0, prompt=100), rec(6, "r9", 0, 96, prompt=100, held=96),
              rec(7, "r0", 0, 0, prompt=100, ok=False)]
     run = {"status": "ok", "turns": turns,
            "phases": {"steady": [1.0, 5.0], "during": [5.0, 8.0], "after": [8.0, 9.0]}}
@@ -130,6 +159,9 @@ def test_prefix_quick_warm_beats_round_robin(tmp_path: Path) -> None:
         assert p["newcomer_judged"] >= 0
     assert got["warm"]["hit_rate"] > got["round_robin"]["hit_rate"], got
     assert got["round_robin"]["newcomer_share"] > 0.1  # the newcomer was in rotation
+    # the simulator logged what the other replicas held: round robin sent the newcomer
+    # prompts they held, so some of its requests were judged
+    assert got["round_robin"]["newcomer_judged"] > 0, got["round_robin"]
     report = (out / "report.md").read_text()
     assert "| warm |" in report and "newcomer's misses" in report
 

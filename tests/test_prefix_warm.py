@@ -9,6 +9,7 @@ sight of each hot prefix is a miss."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import random
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from warmgw.app import Gateway
 from warmgw.core.lifecycle import State
 from warmgw.core.model import EndpointSpec
 from warmgw.sim import SimConfig, SimFleet
+from warmgw.sim.tokens import chat_token_ids
 
 SIM = SimConfig(ttft_base=0.003, ttft_per_prompt_token=0.00005, itl=0.001,
                 prefix_block_tokens=16, prefix_cache_blocks=1024)
@@ -174,3 +176,37 @@ async def test_a_cutover_warms_the_new_pool_with_the_hot_prefixes_first() -> Non
           f"{misses(warm):.1%} with keep_prefixes, {misses(cold):.1%} without")
     assert len(warm) == FIRST and misses(warm) < 0.01
     assert misses(cold) >= 0.05  # the control: each hot prefix's first sight on green
+
+
+@pytest.mark.timeout(90)
+async def test_a_replay_bigger_than_the_cache_stops_at_its_share_hottest_kept() -> None:
+    """The kept hot set (16 prompts of ~208 tokens) is three times the newcomer's prefix
+    cache (1,024 tokens): the replay stops at warm_cache_share (half) of it by the tokens
+    the replica reports, hottest first, so the hottest prompt is still cached when the
+    newcomer starts taking users (a replay that filled the cache would have evicted its own
+    first, hottest prompts)."""
+    sim = dataclasses.replace(SIM, prefix_cache_blocks=64)
+    routing = {"prefix": {"enabled": True, "keep_prefixes": True, "keep_min_users": 3}}
+    async with SimFleet(sim, replicas=4) as fleet:
+        urls = {f"r{i}": fleet.urls[i] for i in range(3)}
+        async with Gateway(gateway_config(urls, routing=routing)) as gw, \
+                aiohttp.ClientSession() as s:
+            await wait_all_ready(gw)
+            rng = random.Random(3)
+            for k in range(400):  # prompt p sent with weight 1 / (p + 1): 0 the hottest
+                p = rng.choices(range(SYSTEMS), [1 / (p + 1) for p in range(SYSTEMS)])[0]
+                body = {"model": "tiny", "max_tokens": 1, "user": f"user-{k % 40}",
+                        "messages": [{"role": "system", "content": system(p)},
+                                     {"role": "user", "content": f"question {k}"}]}
+                async with s.post(gw.url + "/v1/chat/completions", json=body) as r:
+                    assert r.status == 200, await r.text()
+            assert gw.router.keeper is not None and len(gw.router.keeper) == SYSTEMS
+            gw.static.add(EndpointSpec("r3", fleet.urls[3], "blue"))
+            await wait_state(gw, "r3", State.RAMPING, timeout=30)  # no user request since
+            cache = fleet.replicas[3].process.prefix
+            held = [cache.held(chat_token_ids([{"role": "system", "content": system(p)}]))
+                    for p in range(SYSTEMS)]
+    print(f"tokens of each kept prompt the newcomer holds after its warmup: {held}")
+    assert held[0] >= WORDS // 2  # the hottest survived its own replay (cut at a chunk)
+    replayed = sum(1 for h in held if h)
+    assert 1 <= replayed <= 3  # half of 1,024 tokens, plus the one that crossed it

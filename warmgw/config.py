@@ -204,6 +204,9 @@ def parse_routing(raw: Mapping[str, Any]) -> RoutingParams:
         if p.warm_prefixes < 0 or not p.warm_seconds > 0:
             raise ConfigError("routing.prefix: expected warm_prefixes >= 0 and warm_seconds > 0"
                               f", got {p.warm_prefixes!r} and {p.warm_seconds!r}")
+        if not 0.0 < p.warm_cache_share <= 1.0:
+            raise ConfigError("routing.prefix.warm_cache_share: expected a share in (0, 1], "
+                              f"got {p.warm_cache_share!r}")
     return RoutingParams(p, _build(SessionParams, _section(raw, "session"), "routing.session"))
 
 

@@ -1,7 +1,9 @@
 """Prefix-cache warmup (`routing.prefix.keep_prefixes`): the hot shared prefixes the gateway
 kept (core.keep) are replayed to a replica that has just been warmed, and to the warm
 replicas of a pool about to take the traffic (before a cutover), hottest first, within a
-count, a time and what the replica's cache holds; each one it answered is recorded in the
+count, a time and a share of what the replica's cache holds (counted in the prompt tokens
+it reports, when its /metrics gave its cache size; else estimated from the prefixes'
+bytes); each one it answered is recorded in the
 prefix index as held by it, so the affinity picker sends it its fair part of those prefixes
 (its ramp weight and the load bound still cap what it gets) instead of a stampede of misses
 or none at all."""
@@ -41,19 +43,22 @@ class PrefixWarmup:
         for model in ep.models:
             bpt = self.router.ratios.ratios.get(model, DEFAULT_BYTES_PER_TOKEN)
             caps[model] = aff.capacity(bpt, ep.cache_tokens)
-        chosen = keeper.top(ep.models, p.warm_prefixes, min(caps.values()), now)
-        done = 0
+        share = p.warm_cache_share
+        chosen = keeper.top(ep.models, p.warm_prefixes, int(min(caps.values()) * share), now)
+        budget = ep.cache_tokens * share  # 0: unknown, the estimate above is all there is
+        done = used = 0
         deadline = now + p.warm_seconds
         try:
             for k in chosen:
-                if self.clock.now() >= deadline:
+                if self.clock.now() >= deadline or 0 < budget <= used:
                     break
                 left = deadline - self.clock.now()
                 async with asyncio.timeout(left):
-                    ok = await self.warmer.replay(ep.url, k.model, k.route, k.body)
-                if ok:
+                    tokens = await self.warmer.replay(ep.url, k.model, k.route, k.body)
+                if tokens is not None:
                     aff.prefix.record(ep.name, k.chunks, self.clock.now(), caps[k.model])
                     done += 1
+                    used += tokens
         except asyncio.CancelledError:
             raise
         except (aiohttp.ClientError, TimeoutError, WarmupFailed) as e:

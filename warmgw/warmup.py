@@ -180,9 +180,11 @@ class Warmer:
         log.warning("warmup of %s: shape %s dropped, the replica refused it (%s)", run.url,
                     shape.key, why[:200])
 
-    async def replay(self, url: str, model: str, route: str, body: dict[str, Any]) -> bool:
+    async def replay(self, url: str, model: str, route: str, body: dict[str, Any]
+                     ) -> int | None:
         """Send a kept prefix (core.keep) as a max_tokens 1 request, so that the replica's
-        prefix cache holds it: True if it answered; a refusal (4xx) is False, logged."""
+        prefix cache holds it: the prompt tokens its usage reported (0 if it did not say),
+        or None for a refusal (4xx, logged)."""
         path = "/v1/chat/completions" if route == "chat" else "/v1/completions"
         data = {"model": model, **body, "max_tokens": 1, "temperature": 0, "stream": False}
         self.requests_sent += 1
@@ -196,10 +198,10 @@ class Warmer:
                 self.refused += 1
                 log.warning("prefix warmup of %s: a kept prefix refused: HTTP %d %s", url,
                             resp.status, text[:200].decode("utf-8", "replace"))
-                return False
+                return None
             if resp.status != 200:
                 raise WarmupFailed(f"{path} answered {resp.status}")
-        return True
+        return _prompt_tokens(text)
 
     async def keep_warm(self, url: str, model: str, max_model_len: int | None) -> float:
         """One small synthetic request, so an idle standby replica does not go cold."""
@@ -265,3 +267,12 @@ def _usage_prompt_tokens(data: bytes) -> int:
 
 
 __all__ = ["PLAIN", "WARMUP_HEADER", "Refused", "WarmResult", "Warmer", "WarmupFailed"]
+
+
+def _prompt_tokens(text: bytes) -> int:
+    """usage.prompt_tokens of a JSON answer; 0 when it has none."""
+    try:
+        got = json.loads(text)["usage"]["prompt_tokens"]
+    except (ValueError, KeyError, TypeError):
+        return 0
+    return got if isinstance(got, int) and not isinstance(got, bool) and got > 0 else 0

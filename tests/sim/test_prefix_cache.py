@@ -12,6 +12,7 @@ import pytest
 from sim_helpers import FAST, scrape, vllm
 
 from warmgw.sim import SimReplica
+from warmgw.sim.fleet import SimFleet
 from warmgw.sim.prefix import PrefixCache
 
 BS = 4
@@ -54,6 +55,18 @@ def test_capacity_evicts_least_recently_used_prefixes_head_last() -> None:
     assert c.serve(b) == 0
     off = PrefixCache(BS, 0)
     assert off.serve(a) == 0 and off.serve(a) == 0 and len(off) == 0
+
+
+def test_held_counts_full_leading_blocks_and_leaves_the_lru_order() -> None:
+    c = PrefixCache(BS, 4)
+    a, b = words("a", 9), words("b", 9)
+    c.serve(a)
+    c.serve(b)
+    assert c.held(a) == 8  # both full blocks, the last token not subtracted
+    assert c.held(words("a", 6) + words("x", 6)) == 4
+    c.serve(words("c", 5))  # one block: evicts the least recently used, a's tail
+    assert c.held(a) == 4  # held() did not make a recently used
+    assert PrefixCache(BS, 0).held(a) == 0
 
 
 CFG = dataclasses.replace(FAST, prefix_block_tokens=BS, prefix_cache_blocks=64,
@@ -111,3 +124,35 @@ async def test_cache_off_by_default_answers_without_details(
         assert "prompt_tokens_details" not in out["usage"]
     m = await scrape(session, replica.url)
     assert m[vllm("vllm:prefix_cache_hits_total")] == 0
+
+
+async def test_fleet_logs_what_the_other_replicas_held_when_a_request_was_scheduled(
+    session: aiohttp.ClientSession
+) -> None:
+    fleet = SimFleet(CFG, 3)
+    await fleet.start()
+    try:
+        r0, r1, r2 = fleet.replicas
+        system = " ".join(f"w{i}" for i in range(100))
+        chat: dict[str, Any] = {
+            "messages": [{"role": "system", "content": system},
+                         {"role": "user", "content": "hello there"}], "max_tokens": 1}
+        await post(session, r0.url, "/v1/chat/completions", chat)
+        chat["messages"][1]["content"] = "another question"
+        await post(session, r1.url, "/v1/chat/completions", chat)
+        # nobody else held it when r0 served it; r0 held the 26 shared blocks when r1 did
+        assert [x.fleet_cached_tokens for x in r0.log] == [0]
+        assert [x.fleet_cached_tokens for x in r1.log] == [104]
+        async with session.get(r1.url + "/sim/requests") as resp:
+            logged = (await resp.json())["requests"]
+        assert [x["fleet_cached_tokens"] for x in logged] == [104]
+        assert not r2.log
+    finally:
+        await fleet.stop()
+    alone = SimReplica(CFG, name="alone")
+    await alone.start()
+    try:
+        await post(session, alone.url, "/v1/chat/completions", chat)
+        assert [x.fleet_cached_tokens for x in alone.log] == [-1]  # no other replica
+    finally:
+        await alone.stop()

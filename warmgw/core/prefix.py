@@ -53,6 +53,10 @@ class PrefixParams:
     keep_min_users: int = 3
     warm_prefixes: int = 64
     warm_seconds: float = 10.0
+    # the share of a replica's prefix cache the replay may fill (by the prompt tokens the
+    # replica reports), the rest left for the traffic it takes: a replay that overfilled
+    # it would evict its own first (hottest) prefixes
+    warm_cache_share: float = 0.5
 
 
 @dataclass(frozen=True, slots=True)

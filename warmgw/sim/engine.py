@@ -52,6 +52,10 @@ class RequestRecord:
     cold: tuple[str, ...] = ()  # first uses paid for, e.g. ("prompt_bucket:48", "logprobs")
     request_id: str = ""  # the X-Request-Id header, if any
     cached_tokens: int = -1  # prompt tokens found in the prefix cache; -1: cache off
+    # the most of the prompt's leading tokens that another replica of this simulator
+    # process held in full blocks when this one was scheduled; -1: cache off or no other
+    # replica (an instrument for benchmarks: "did the fleet have it cached elsewhere")
+    fleet_cached_tokens: int = -1
 
     def as_json(self) -> dict[str, Any]:
         out = asdict(self)

@@ -48,6 +48,8 @@ class SimFleet:
         self.base_port = base_port
         self.distinct_hosts = distinct_hosts
         self.replicas = [SimReplica(c, f"{name_prefix}{i}") for i, c in enumerate(configs)]
+        for r in self.replicas:
+            r.siblings = [s for s in self.replicas if s is not r]
         if distinct_hosts:
             first = ipaddress.ip_address(host)  # ValueError for a host name
             self._hosts = [str(first + i) for i in range(len(configs))]

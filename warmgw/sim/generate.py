@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Sequence
 from typing import Any, NoReturn, Protocol
 
 from aiohttp import web
@@ -34,6 +35,8 @@ class ReplicaContext(Protocol):
 
     def now(self) -> float: ...
 
+    def held_elsewhere(self, token_ids: Sequence[int]) -> int: ...
+
 
 class Generation:
     """One request's life; its outcome fields feed the RequestRecord."""
@@ -60,6 +63,7 @@ class Generation:
         self.cold: tuple[str, ...] = ()
         self.request_id = request.headers.get("X-Request-Id", "")
         self.cached_tokens = -1
+        self.fleet_cached_tokens = -1
         self.ttft: float | None = None
         self.generated = 0
         self.status = 0
@@ -82,6 +86,7 @@ class Generation:
             cold=self.cold,
             request_id=self.request_id,
             cached_tokens=self.cached_tokens,
+            fleet_cached_tokens=self.fleet_cached_tokens,
         )
 
     def _elapsed(self) -> float:
@@ -107,6 +112,7 @@ class Generation:
         try:
             cached = 0
             if self.ctx.config.prefix_cache_blocks:
+                self.fleet_cached_tokens = self.ctx.held_elsewhere(req.token_ids)
                 cached = self.process.prefix.serve(req.token_ids)
                 metrics.prefix_queries.inc(req.prompt_tokens)
                 metrics.prefix_hits.inc(cached)

@@ -35,6 +35,17 @@ class PrefixCache:
     def __len__(self) -> int:
         return len(self._blocks)
 
+    def held(self, ids: Sequence[int]) -> int:
+        """How many of the prompt's leading tokens this cache holds in full blocks, without
+        using them (the LRU order is left as it is); 0 with the cache off."""
+        blocks = self._blocks
+        hit = 0
+        for h in block_hashes(ids, self.block_tokens) if self.capacity > 0 else ():
+            if h not in blocks:
+                break
+            hit += 1
+        return hit * self.block_tokens
+
     def serve(self, ids: Sequence[int]) -> int:
         """A prompt is scheduled: how many of its tokens were cached; its full blocks are
         cached from now on (most recently used)."""

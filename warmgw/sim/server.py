@@ -9,7 +9,7 @@ import socket
 import struct
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -64,6 +64,9 @@ class SimReplica:
         self._inflight = 0  # API requests being handled (not /sim/ ones)
         self._quiet = asyncio.Event()  # set while none is
         self._quiet.set()
+        # the other replicas of this simulator process (SimFleet sets it), whose prefix
+        # caches held_elsewhere() reads for the request log
+        self.siblings: list[SimReplica] = []
 
     # ------------------------------------------------------------ inspection
 
@@ -333,6 +336,11 @@ class SimReplica:
 
     def now(self) -> float:
         return self._clock()
+
+    def held_elsewhere(self, token_ids: Sequence[int]) -> int:
+        """The most of a prompt's leading tokens another replica of this simulator process
+        holds in its prefix cache (-1: no other replica)."""
+        return max((s.process.prefix.held(token_ids) for s in self.siblings), default=-1)
 
 
 def _linger_zero(transport: asyncio.BaseTransport) -> None:
