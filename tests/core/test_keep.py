@@ -127,3 +127,35 @@ def test_cut_messages(messages: list[Any], limit: int, roles: list[str]) -> None
     assert chain(render("chat", {"messages": cut}), seed, 4, 99) == chain(
         render("chat", {"messages": messages})[:len(render("chat", {"messages": cut}))],
         seed, 4, 99)
+
+
+def test_a_system_prompt_shared_whole_is_kept_whole_past_the_chunk_boundary() -> None:
+    # 587 rendered bytes: 9 full chunks of 64 and 11 bytes more; the users' requests share
+    # the chunks, and three of them the whole message: a replay must carry it to its end
+    k = PrefixKeeper(P)
+    for who in ("alice", "bob", "carol"):
+        send(k, chat(SYSTEM, f"private words of {who} " * 10), who)
+    assert len(k) == 1
+    kept = next(iter(k.kept.values()))
+    assert kept.body["messages"] == [{"role": "system", "content": SYSTEM}]
+    assert kept.size == len(SYSTEM) and k.bytes == len(SYSTEM)
+
+
+def test_a_message_shared_up_to_the_boundary_only_is_cut_there() -> None:
+    # the third user's system prompt differs after the last shared chunk: two senders
+    # sent it whole, three only up to the boundary, so only the boundary's bytes are kept
+    k = PrefixKeeper(P)
+    other = SYSTEM[:-5] + "XXXXX"
+    for who, system in (("alice", SYSTEM), ("bob", SYSTEM), ("carol", other)):
+        send(k, chat(system, f"private words of {who}"), who)
+    kept = next(iter(k.kept.values()))
+    content = kept.body["messages"][0]["content"]
+    assert len(content) < len(SYSTEM) and SYSTEM.startswith(content)
+    assert (len("system") + 1 + len(content)) % 64 == 0  # cut at the chunk boundary
+    # a third sender of the whole message later: the kept text grows to it, same chunks
+    chunks = kept.chunks
+    send(k, chat(SYSTEM, "dan's question"), "dan")
+    assert len(k) == 1
+    kept = next(iter(k.kept.values()))
+    assert kept.body["messages"][0]["content"] == SYSTEM and kept.chunks == chunks
+    assert k.bytes == len(SYSTEM)

@@ -8,7 +8,13 @@ request's deepest chunk sent by `keep_min_users` distinct senders is its shared 
 only then is text kept, and only the shared bytes (cut at the chunk boundary), so what one
 sender alone sent is never stored. A chat is kept as message structure (the leading
 messages, the last one cut to the boundary), a completion as its prompt's head, so each
-replays as a valid request.
+replays as a valid request. A chat's leading whole messages are counted the same way (a
+hash of each of the first WHOLE_MESSAGES message prefixes: the rendering up to the end
+of message i): when
+`keep_min_users` senders shared whole messages reaching past the chunk boundary, those
+messages are kept whole, so a replay caches the system prompt up to its last token, not
+only up to the last full chunk (the model's cache blocks past that boundary would
+otherwise miss on every newcomer).
 
 A kept prefix is named by its last chunk's hash; a deeper shared prefix that extends a
 kept one replaces it (replaying the deeper one warms both). Each has a heat: requests that
@@ -23,16 +29,32 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
-from warmgw.core.prefix import PrefixParams, chain, render
+from warmgw.core.prefix import PrefixParams, chain, render, texts_of
 
 MAX_CANDIDATES = 65536  # chunk hashes whose senders are remembered
 SEP = 1  # bytes of the separator core.prefix.render puts between texts
+WHOLE_SALT = 0x5A17  # message-prefix hashes apart from chunk hashes
+WHOLE_MESSAGES = 4  # leading messages whose whole sharing is counted (system, few-shot)
+
+
+def message_prefixes(messages: Any, model: str, limit: int) -> list[int]:
+    """The chained hash of the rendering (core.prefix.render) up to the end of each of the
+    first `limit` messages."""
+    if not isinstance(messages, list):
+        return []
+    out: list[int] = []
+    h = zlib.crc32(model.encode()) ^ WHOLE_SALT
+    for i, m in enumerate(messages[:limit]):
+        text = "\x1e".join(texts_of([m]))
+        h = zlib.crc32((("\x1e" if i else "") + text).encode("utf-8", "surrogatepass"), h)
+        out.append(h)
+    return out
 
 
 class Kept:
     """One kept prefix: a request body (without model and max_tokens) that renders to it."""
 
-    __slots__ = ("at", "body", "chunks", "heat", "model", "route", "size")
+    __slots__ = ("at", "body", "chunks", "heat", "model", "route", "size", "whole")
 
     def __init__(self, route: str, model: str, body: dict[str, Any], chunks: tuple[int, ...],
                  size: int, now: float) -> None:
@@ -41,6 +63,7 @@ class Kept:
         self.body = body  # {"messages": [...]} or {"prompt": "..."}
         self.chunks = chunks  # its chained chunk hashes, as a replay of it renders
         self.size = size  # bytes of text kept
+        self.whole = 0  # leading messages kept whole because that many senders shared them
         self.heat = 0.0
         self.at = now
 
@@ -110,35 +133,45 @@ class PrefixKeeper:
             return
         need = self.p.keep_min_users
         u = hash(who)
-        senders = self._senders
         deepest = -1
         for i, h in enumerate(chunks):
-            s = senders.get(h)
-            if s is None:
-                senders[h] = {u}
-                s = senders[h]
-            else:
-                senders.move_to_end(h)
-                if len(s) < need:
-                    s.add(u)
-            if len(s) >= need:
+            if self._count(h, u) >= need:
                 deepest = i
+        whole = 0
+        if route == "chat":  # the leading run of messages shared whole
+            for i, h in enumerate(message_prefixes(obj.get("messages"), model,
+                                                   WHOLE_MESSAGES)):
+                if self._count(h, u) >= need and whole == i:
+                    whole = i + 1
+        senders = self._senders
         while len(senders) > self.max_candidates:
             senders.popitem(last=False)
         if deepest < 0:
             return
         name = self._within.get(chunks[deepest])
-        if name is None:
-            self._keep(route, obj, model, deepest, now)
+        if name is None or whole > self.kept[name].whole:
+            self._keep(route, obj, model, deepest, now, whole)
             return
         k = self.kept[name]
         k.heat = k.heat_at(now, self.p.ttl) + 1.0
         k.at = now
 
-    def _keep(self, route: str, obj: Mapping[str, Any], model: str, deepest: int, now: float
-              ) -> int | None:
+    def _count(self, h: int, u: int) -> int:
+        """Sender u sent hash h: how many distinct senders it has (up to keep_min_users)."""
+        s = self._senders.get(h)
+        if s is None:
+            self._senders[h] = {u}
+            return 1
+        self._senders.move_to_end(h)
+        if len(s) < self.p.keep_min_users:
+            s.add(u)
+        return len(s)
+
+    def _keep(self, route: str, obj: Mapping[str, Any], model: str, deepest: int, now: float,
+              whole: int = 0) -> int | None:
         """Keep the text of the request's first deepest + 1 chunks (as a replay of it renders
-        them); its name, or None if it was not kept."""
+        them), or its first `whole` messages if they reach further; its name, or None if it
+        was not kept."""
         limit = (deepest + 1) * self.p.chunk_bytes
         body: dict[str, Any]
         if route == "chat":
@@ -146,6 +179,12 @@ class PrefixKeeper:
             if not isinstance(messages, list):
                 return None
             cut = cut_messages(messages, limit)
+            if whole:
+                full = cut_messages(messages[:whole], 1 << 62)
+                if len(full) == whole and len(render("chat", {"messages": full})) > limit:
+                    cut = full
+                else:
+                    whole = 0
             if not cut:
                 return None
             body = {"messages": cut}
@@ -173,13 +212,24 @@ class PrefixKeeper:
         if k is not None:  # kept already (the request's chunks ran past its replay's)
             k.heat = k.heat_at(now, p.ttl) + 1.0
             k.at = now
+            if whole > k.whole:  # now shared whole: the same chunks, the message's tail too
+                self.bytes += size - k.size
+                k.body, k.size, k.whole = body, size, whole
+                self._fit(name, now)
             return name
         k = self.kept[name] = Kept(route, model, body, mine, size, now)
         k.heat = heat + 1.0
+        k.whole = whole
         for h in mine:
             self._within[h] = name
         self.bytes += size
-        while self.bytes > p.keep_bytes:  # the least hot out, the older first on a tie
+        return self._fit(name, now)
+
+    def _fit(self, name: int, now: float) -> int | None:
+        """Within keep_bytes: the least hot out, the older first on a tie; name, or None
+        if it went too."""
+        p = self.p
+        while self.bytes > p.keep_bytes:
             coldest = min(self.kept, key=lambda n: (self.kept[n].heat_at(now, p.ttl),
                                                     self.kept[n].at))
             self._drop(coldest)

@@ -78,7 +78,8 @@ class RoutingParams:
         return self.prefix.enabled or bool(s.header) or s.use_user_field
 
 
-def _texts(messages: Sequence[Any]) -> list[str]:
+def texts_of(messages: Sequence[Any]) -> list[str]:
+    """The texts of chat messages as render() joins them: each role, then its text parts."""
     out: list[str] = []
     for m in messages:
         if not isinstance(m, Mapping):
@@ -100,7 +101,7 @@ def render(route: str, obj: Mapping[str, Any]) -> bytes:
         messages = obj.get("messages")
         if not isinstance(messages, list):
             return b""
-        return "\x1e".join(_texts(messages)).encode("utf-8", "surrogatepass")
+        return "\x1e".join(texts_of(messages)).encode("utf-8", "surrogatepass")
     prompt = obj.get("prompt")
     if isinstance(prompt, str):
         return prompt.encode("utf-8", "surrogatepass")
