@@ -46,7 +46,17 @@ def test_cache_tokens_are_read_from_cache_config_info(text: bytes, tokens: int |
 def test_index_capacity_follows_the_replica_then_config(reported: int, configured: int,
                                                         chunks: int) -> None:
     aff = Affinity(RoutingParams(PrefixParams(enabled=True, replica_cache_tokens=configured)))
-    assert aff.capacity(4.0, reported) == chunks
+    assert aff.capacity(256 / 4.0, reported) == chunks  # 4 bytes a token, 256 a chunk
+
+
+def test_tokens_per_chunk_are_learned_from_the_replicas_counts() -> None:
+    aff = Affinity(RoutingParams(PrefixParams(enabled=True)))
+    assert aff.tokens_per_chunk("m", 8.0) == 32.0  # the body's ratio until learned
+    for _ in range(200):  # prompts of 10 full chunks and a part one, 378 tokens
+        aff.learn("m", 10, 378)
+    assert aff.tokens_per_chunk("m", 8.0) == pytest.approx(36.0, rel=0.01)
+    aff.learn("m", 1, 10_000)  # under two chunks: too short to say
+    assert aff.tokens_per_chunk("m", 8.0) == pytest.approx(36.0, rel=0.01)
 
 
 @pytest.mark.timeout(60)
@@ -68,10 +78,10 @@ async def test_the_index_holds_no_more_of_a_replica_than_its_cache() -> None:
                 async with s.post(gw.url + "/v1/chat/completions", json=body) as r:
                     assert r.status == 200
                 sent += len(body["messages"][0]["content"]) // 256
-            bpt = gw.router.ratios.ratios["tiny"]
+            tpc = aff.tokens_per_chunk("tiny", gw.router.ratios.ratios["tiny"])
             held = {n: len(lru) for n, lru in aff.prefix._lru.items()}
-    cap = int(32 * 16 * bpt / 256)
-    print(f"bytes/token {bpt:.2f}: index capacity {cap} chunks per replica, holds {held}, "
+    cap = int(32 * 16 / tpc)
+    print(f"tokens/chunk {tpc:.2f}: index capacity {cap} chunks per replica, holds {held}, "
           f"{sent} chunks sent")
     assert sent > 4 * cap  # without the replica's figure the index would keep them all
     assert held and all(0 < n <= cap for n in held.values())

@@ -42,7 +42,7 @@ class PrefixWarmup:
         caps: dict[str, int] = {}
         for model in ep.models:
             bpt = self.router.ratios.ratios.get(model, DEFAULT_BYTES_PER_TOKEN)
-            caps[model] = aff.capacity(bpt, ep.cache_tokens)
+            caps[model] = aff.capacity(aff.tokens_per_chunk(model, bpt), ep.cache_tokens)
         share = p.warm_cache_share
         chosen = keeper.top(ep.models, p.warm_prefixes, int(min(caps.values()) * share), now)
         budget = ep.cache_tokens * share  # 0: unknown, the estimate above is all there is

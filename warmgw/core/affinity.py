@@ -52,6 +52,7 @@ from warmgw.core.prefix import PrefixIndex, RoutingParams, SessionIndex
 M64 = (1 << 64) - 1
 RESCALE = 1e12  # the picks' scale factor at which counts are brought back near 1
 MAX_IDS = 4096  # replica identities cached at most
+TPC_ALPHA = 0.05  # tokens per chunk: weight of each new sample
 
 
 def under_bound(e: Endpoint, w: float, group_inflight: int, group_weight: float,
@@ -107,15 +108,31 @@ class Affinity:
         self._picks: dict[str, float] = {}
         self._origin: float | None = None
         self._ids: dict[str, int] = {}  # replica -> its rendezvous identity
+        self._tpc: dict[str, float] = {}  # model -> prompt tokens per chunk (learn())
 
-    def capacity(self, bytes_per_token: float, cache_tokens: int = 0) -> int:
+    def learn(self, model: str, chunks: int, prompt_tokens: int) -> None:
+        """A user request of `chunks` full chunks whose prompt the replica counted as
+        prompt_tokens: the tokens a chunk holds, averaged (its tail, a part chunk, taken as
+        half of one)."""
+        if chunks < 2 or prompt_tokens <= 0 or chunks >= self.params.prefix.max_chunks:
+            return
+        r = prompt_tokens / (chunks + 0.5)
+        old = self._tpc.get(model)
+        self._tpc[model] = r if old is None else old + TPC_ALPHA * (r - old)
+
+    def tokens_per_chunk(self, model: str, bytes_per_token: float) -> float:
+        """Prompt tokens in one chunk: learned from the replicas' counts, else from the
+        body's bytes per token (which counts the JSON around the text too)."""
+        return self._tpc.get(model) or self.params.prefix.chunk_bytes / bytes_per_token
+
+    def capacity(self, tokens_per_chunk: float, cache_tokens: int = 0) -> int:
         """How many chunks the index remembers of a replica: what its cache holds, from its
-        /metrics (cache_tokens) or else from config (replica_cache_tokens), turned into
-        chunks of prompt bytes; else replica_chunks."""
+        /metrics (cache_tokens) or else from config (replica_cache_tokens), in chunks of
+        tokens_per_chunk; else replica_chunks."""
         p = self.params.prefix
         tokens = cache_tokens or p.replica_cache_tokens
         if tokens > 0:
-            return max(1, int(tokens * bytes_per_token / p.chunk_bytes))
+            return max(1, int(tokens / tokens_per_chunk))
         return p.replica_chunks
 
     def pick(self, route: Route, facts: RequestFacts, rng: random.Random, now: float

@@ -117,6 +117,8 @@ class Ticket:
         else:
             if prompt_tokens and not ep.requests & 7:  # a sample is enough: it moves slowly
                 router.ratios.learn(model, facts.prompt_bytes, prompt_tokens)
+                if facts.chunks and router.affinity is not None:
+                    router.affinity.learn(model, len(facts.chunks), prompt_tokens)
             shape = _new_key(ShapeKey, (model, route, facts.stream,
                                         fine(prompt_tokens or facts.tokens), facts.features))
             seen = ep.seen
@@ -223,11 +225,12 @@ class Router:
                 ep, depth = aff.choose(route, facts, self.rng, now)
             if ep is None:
                 return None
-            bpt = self.ratios.ratios.get(facts.model or "", DEFAULT_BYTES_PER_TOKEN)
-            p = aff.params.prefix
-            if p.uncached_latency and facts.chunks:
-                uncached = max(1, facts.tokens - int(depth * p.chunk_bytes / bpt))
-            aff.record(ep, facts, aff.capacity(bpt, ep.cache_tokens), now)
+            model = facts.model or ""
+            tpc = aff.tokens_per_chunk(model, self.ratios.ratios.get(model,
+                                                                     DEFAULT_BYTES_PER_TOKEN))
+            if aff.params.prefix.uncached_latency and facts.chunks:
+                uncached = max(1, facts.tokens - int(depth * tpc))
+            aff.record(ep, facts, aff.capacity(tpc, ep.cache_tokens), now)
         else:
             ep = pick(route, self.rng, now, tried, self._cursor)
             if ep is None:
