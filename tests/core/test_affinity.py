@@ -124,3 +124,30 @@ def test_session_sticks_within_the_bound_and_moves_when_its_replica_is_full() ->
     t.close()
     t = r.pick(route, facts((), "alice"))
     assert t is not None and t.ep is moved
+
+
+def test_a_session_stays_within_the_looser_session_bound_where_a_new_one_would_not() -> None:
+    # four replicas, 10 requests in flight: the cap for placements is ceil(1.25 x 11 / 4)
+    # = 4, for a session going back ceil(1.5 x 11 / 4) = 5. Its replica holds 4: the
+    # session's next turn stays (moved, it would lose its history), a new session on the
+    # same prefix goes elsewhere; at 5 the session moves too
+    eps = [ready(n) for n in "abcd"]
+    route = one_pool(*eps)
+    r, _clock = router(share_window=0.0, header="x-session-id")
+    t = r.pick(route, facts(HOT, "old"))
+    assert t is not None
+    home = t.ep
+    t.close()
+    for e in eps:
+        e.inflight = 4 if e is home else 2
+    t = r.pick(route, facts((*HOT, 1), "old"))
+    assert t is not None and t.ep is home
+    t.close()
+    t = r.pick(route, facts((*HOT, 2), "new"))
+    assert t is not None and t.ep is not home
+    t.close()
+    for e in eps:
+        e.inflight = 5 if e is home else 2  # 11 in flight: caps 4 and 5
+    t = r.pick(route, facts((*HOT, 3), "old"))
+    assert t is not None and t.ep is not home
+    t.close()

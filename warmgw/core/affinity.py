@@ -23,7 +23,10 @@ size and load, and say nothing of a ramping replica's share. It is applied twice
 
 Per request (its group chosen by pool share first, as the plain picker):
 1. session: the replica the session was last sent to, if it is in the group and under
-   the in-flight bound; else the rest of this list, and the session moves to where it went;
+   the in-flight bound with session_epsilon (looser than epsilon: a session moved loses
+   its whole history's cache, a new prefix spilled a shared prefix at most; sessions are
+   placed under epsilon, so the looser bound only keeps them where they started); else
+   the rest of this list, and the session moves to where it went;
 2. prefix: each replica under both bounds scores the chunks the index says it holds
    (below min_chunks: none) minus load_cost x its in flight per unit of weight above the
    group's mean; ties (several holders, or none) go to the highest weighted rendezvous
@@ -194,7 +197,8 @@ class Affinity:
                 for e in eps:
                     if e.name == name:
                         w = e.weight(now)
-                        if w > 0.0 and under_bound(e, w, inflight, weight, eps_, exact):
+                        if w > 0.0 and under_bound(e, w, inflight, weight,
+                                                   p.session_epsilon, exact):
                             self.affine += 1
                             return e, self._depth(e, chunks, now)
                         break

@@ -35,6 +35,10 @@ class PrefixParams:
     replica_cache_tokens: int = 0  # a replica's prefix cache in tokens (0: unknown)
     ttl: float = 600.0
     epsilon: float = 0.25  # bounded load: at most (1 + epsilon) x its weighted fair share
+    # a session's next turn goes back to its replica while that one stays within
+    # (1 + session_epsilon) x its share: moved, it loses its whole history's cache, while
+    # a new placement spilled loses a shared prefix at most (sessions start under epsilon)
+    session_epsilon: float = 0.5
     # s: the time constant of each replica's decayed count of recent picks, which the
     # bound also caps (so request counts stay within it, not only requests in flight);
     # 0: the in-flight bound only
