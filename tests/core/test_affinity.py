@@ -20,12 +20,15 @@ from warmgw.core.registry import LifecycleParams, Registry
 from warmgw.core.routing import Router, Ticket
 
 EPS = 0.25
+SLACK = PrefixParams().slack  # the default: requests over its share a replica may take
 HOT = tuple(range(1000, 1032))  # one long shared prefix: 32 chunks
 
 
-def router(share_window: float = 10.0, **session: object) -> tuple[Router, FakeClock]:
+def router(share_window: float = 10.0, slack: float = SLACK, **session: object
+           ) -> tuple[Router, FakeClock]:
     clock = FakeClock(NOW)
-    routing = RoutingParams(PrefixParams(enabled=True, epsilon=EPS, share_window=share_window),
+    routing = RoutingParams(PrefixParams(enabled=True, epsilon=EPS, share_window=share_window,
+                                         slack=slack),
                             SessionParams(**session))  # type: ignore[arg-type]
     r = Router(Registry(LifecycleParams(), clock, TrafficPolicy.single("blue")), clock,
                random.Random(3), routing=routing)
@@ -37,9 +40,11 @@ def facts(chunks: tuple[int, ...], session: str | None = None) -> RequestFacts:
 
 
 def cap(ep: Endpoint, eps: list[Endpoint], inflight_after: int, now: float) -> int:
+    """The bound: (1 + EPS) x its weighted share of what is in flight, or SLACK requests
+    (scaled by its weight) over that share, whichever is more; rounded up."""
     w = ep.weight(now)
-    total_w = sum(e.weight(now) for e in eps)
-    return math.ceil((1 + EPS) * inflight_after * w / total_w)
+    fair = inflight_after * w / sum(e.weight(now) for e in eps)
+    return math.ceil(max((1 + EPS) * fair, fair + SLACK * w))
 
 
 @pytest.mark.parametrize("concurrency", [8, 32, 200])
@@ -71,9 +76,10 @@ def test_one_hot_prefix_never_exceeds_the_bound(concurrency: int, ramp: float | 
     now = clock.now()
     total_w = sum(e.weight(now) for e in eps)
     for e in eps:  # so no replica takes more than its bounded share of the picks (as the
-        # bound is rounded up to whole requests, that is looser at low concurrency)
+        # bound is rounded up to whole requests and has its slack, looser at low concurrency)
         share = picks[e.name] / 6000
-        bound = (1 + EPS) * e.weight(now) / total_w
+        fair = e.weight(now) / total_w
+        bound = max((1 + EPS) * fair, fair + SLACK * e.weight(now) / concurrency)
         assert share <= max(bound + 0.02, math.ceil(bound * concurrency) / concurrency), (
             e.name, share)
     if ramp is not None:  # its weight caps what it gets, though it holds the hot prefix
@@ -127,13 +133,13 @@ def test_session_sticks_within_the_bound_and_moves_when_its_replica_is_full() ->
 
 
 def test_a_session_stays_within_the_looser_session_bound_where_a_new_one_would_not() -> None:
-    # four replicas, 10 requests in flight: the cap for placements is ceil(1.25 x 11 / 4)
-    # = 4, for a session going back ceil(1.5 x 11 / 4) = 5. Its replica holds 4: the
-    # session's next turn stays (moved, it would lose its history), a new session on the
-    # same prefix goes elsewhere; at 5 the session moves too
+    # four replicas, 10 requests in flight, no slack: the cap for placements is
+    # ceil(1.25 x 11 / 4) = 4, for a session going back ceil(1.5 x 11 / 4) = 5. Its
+    # replica holds 4: the session's next turn stays (moved, it would lose its history), a
+    # new session on the same prefix goes elsewhere; at 5 the session moves too
     eps = [ready(n) for n in "abcd"]
     route = one_pool(*eps)
-    r, _clock = router(share_window=0.0, header="x-session-id")
+    r, _clock = router(share_window=0.0, slack=0.0, header="x-session-id")
     t = r.pick(route, facts(HOT, "old"))
     assert t is not None
     home = t.ep
@@ -151,3 +157,21 @@ def test_a_session_stays_within_the_looser_session_bound_where_a_new_one_would_n
     t = r.pick(route, facts((*HOT, 3), "old"))
     assert t is not None and t.ep is not home
     t.close()
+
+
+def test_slack_keeps_a_prefix_home_a_few_requests_over_a_small_share() -> None:
+    # four replicas, 10 in flight: (1 + 0.25) x 11 / 4 rounds up to 4, 11 / 4 + 2 to 5.
+    # The prefix's home holds 4: with the slack it takes one more (a miss elsewhere costs
+    # the prefix's whole prefill, one more request in its batch little); without, it spills
+    for slack, stays in ((SLACK, True), (0.0, False)):
+        eps = [ready(n) for n in "abcd"]
+        r, _clock = router(share_window=0.0, slack=slack)
+        t = r.pick(one_pool(*eps), facts((*HOT, 1)))
+        assert t is not None
+        home = t.ep
+        t.close()
+        for e in eps:
+            e.inflight = 4 if e is home else 2
+        t = r.pick(one_pool(*eps), facts((*HOT, 2)))
+        assert t is not None and (t.ep is home) == stays, slack
+        t.close()

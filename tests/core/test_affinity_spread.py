@@ -23,8 +23,11 @@ from warmgw.core.routing import Router, Ticket
 
 
 def router(share_window: float = 10.0, session: bool = False) -> tuple[Router, FakeClock]:
+    """Prefix and session affinity with the relative bound alone (no slack): these tests
+    are about what keeps counts within (1 + EPS) x share."""
     clock = FakeClock(NOW)
-    routing = RoutingParams(PrefixParams(enabled=True, epsilon=EPS, share_window=share_window),
+    routing = RoutingParams(PrefixParams(enabled=True, epsilon=EPS, share_window=share_window,
+                                         slack=0.0),
                             SessionParams(use_user_field=session))
     r = Router(Registry(LifecycleParams(), clock, TrafficPolicy.single("blue")), clock,
                random.Random(3), routing=routing)

@@ -7,8 +7,10 @@ without retuning, it composes with weights (a replica's cap is its weighted shar
 gives a guarantee a test can check. Thresholds on the absolute gap need a value per fleet
 size and load, and say nothing of a ramping replica's share. It is applied twice:
 - in flight: a replica takes an affinity pick only while its in-flight count after the
-  pick is at most ceil((1 + epsilon) x (in flight in its group + 1) x its weight / the
-  group's weight) (with share_window 0, not rounded up for a ramping replica);
+  pick is at most ceil(max((1 + epsilon) x fair, fair + slack x its weight)), fair being
+  (in flight in its group + 1) x its weight / the group's weight (with share_window 0,
+  not rounded up for a ramping replica). The slack (a few requests) decides at low load
+  only, where a relative bound is under one request and a spill costs a whole prefill;
 - recent picks (`share_window` > 0): each replica's picks are counted, decayed with time
   constant share_window, and a replica takes a new placement (a prefix's request, or a
   session that has to move) only while its count after the pick is at most
@@ -59,11 +61,12 @@ TPC_ALPHA = 0.05  # tokens per chunk: weight of each new sample
 
 
 def under_bound(e: Endpoint, w: float, group_inflight: int, group_weight: float,
-                epsilon: float, affine: bool = False) -> bool:
+                epsilon: float, affine: bool = False, slack: float = 0.0) -> bool:
     """e may take one more request without exceeding (1 + epsilon) x its weighted share,
     rounded up to a whole request; for an affinity pick of a ramping replica, not rounded
     up (else at low load it would hold one request all the time, whatever its weight)."""
-    cap = (1.0 + epsilon) * (group_inflight + 1) * w / group_weight
+    fair = (group_inflight + 1) * w / group_weight
+    cap = max((1.0 + epsilon) * fair, fair + slack * w)
     return e.inflight + 1 <= (cap if affine and w < 1.0 else math.ceil(cap))
 
 
@@ -198,7 +201,7 @@ class Affinity:
                     if e.name == name:
                         w = e.weight(now)
                         if w > 0.0 and under_bound(e, w, inflight, weight,
-                                                   p.session_epsilon, exact):
+                                                   p.session_epsilon, exact, p.slack):
                             self.affine += 1
                             return e, self._depth(e, chunks, now)
                         break
@@ -210,7 +213,8 @@ class Affinity:
             head = chunks[0]
             uniform = group.uniform
             # all at weight 1: one in-flight cap for all, and no weight to read
-            cap = math.ceil((1.0 + eps_) * (inflight + 1) / weight)
+            f = (inflight + 1) / weight
+            cap = math.ceil(max((1.0 + eps_) * f, f + p.slack))
             ids = self._ids
             best: Endpoint | None = None
             best_score = best_rank = -math.inf
@@ -224,7 +228,7 @@ class Affinity:
                     w = e.weight(now)
                     if w <= 0.0 or picks.get(n, 0.0) + unit > room * w:
                         continue
-                    if not under_bound(e, w, inflight, weight, eps_, exact):
+                    if not under_bound(e, w, inflight, weight, eps_, exact, p.slack):
                         continue
                 d = depth.get(n, 0)
                 score = (d if d >= least else 0) - cost * max(0.0, e.inflight / w - fair)
@@ -246,7 +250,7 @@ class Affinity:
             plain = least_loaded(eps, True, rng, now)
         else:
             plain = least_loaded_split(group.full, group.ramping, rng, now)
-        if not under_bound(plain, plain.weight(now), inflight, weight, eps_):
+        if not under_bound(plain, plain.weight(now), inflight, weight, eps_, False, p.slack):
             plain = _least_per_weight(eps, now)  # the bound holds for every pick
         return plain, self._depth(plain, chunks, now)
 
@@ -259,7 +263,8 @@ class Affinity:
         best_load = math.inf
         for e in eps:
             w = e.weight(now)
-            if w <= 0.0 or not under_bound(e, w, inflight, weight, self.params.prefix.epsilon):
+            p = self.params.prefix
+            if w <= 0.0 or not under_bound(e, w, inflight, weight, p.epsilon, False, p.slack):
                 continue
             load = (picks.get(e.name, 0.0) + unit) / w
             if load < best_load:

@@ -39,6 +39,7 @@ class PrefixParams:
     # (1 + session_epsilon) x its share: moved, it loses its whole history's cache, while
     # a new placement spilled loses a shared prefix at most (sessions start under epsilon)
     session_epsilon: float = 0.5
+    slack: float = 3.0  # requests over its share a replica may take whatever epsilon says
     # s: the time constant of each replica's decayed count of recent picks, which the
     # bound also caps (so request counts stay within it, not only requests in flight);
     # 0: the in-flight bound only
