@@ -187,7 +187,7 @@ def markdown(data: Mapping[str, Any], initial: Sequence[str]) -> list[str]:
 
 COLOURS = {"warm": "#1b7837", "warm+keep_prefixes": "#5aae61", "round_robin": "#d6604d",
            "least_request": "#e08214", "vllm_router_cache_aware": "#2166ac",
-           "vllm_router_consistent_hash": "#762a83", "warm_eps05": "#a6dba0"}
+           "vllm_router_consistent_hash": "#762a83", "warm_no_slack": "#a6dba0"}
 
 
 def plot(data: Mapping[str, Any], path: Path, newcomers: Sequence[str]) -> bool:
