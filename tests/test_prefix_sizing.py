@@ -52,10 +52,10 @@ def test_index_capacity_follows_the_replica_then_config(reported: int, configure
 def test_tokens_per_chunk_are_learned_from_the_replicas_counts() -> None:
     aff = Affinity(RoutingParams(PrefixParams(enabled=True)))
     assert aff.tokens_per_chunk("m", 8.0) == 32.0  # the body's ratio until learned
-    for _ in range(200):  # prompts of 10 full chunks and a part one, 378 tokens
-        aff.learn("m", 10, 378)
+    for _ in range(200):  # prompts of 2,688 bytes (10.5 chunks of 256), 378 tokens
+        aff.learn("m", 2688, 378)
     assert aff.tokens_per_chunk("m", 8.0) == pytest.approx(36.0, rel=0.01)
-    aff.learn("m", 1, 10_000)  # under two chunks: too short to say
+    aff.learn("m", 300, 10_000)  # under two chunks: too short to say
     assert aff.tokens_per_chunk("m", 8.0) == pytest.approx(36.0, rel=0.01)
 
 

@@ -116,13 +116,14 @@ class Affinity:
         self._ids: dict[str, int] = {}  # replica -> its rendezvous identity
         self._tpc: dict[str, float] = {}  # model -> prompt tokens per chunk (learn())
 
-    def learn(self, model: str, chunks: int, prompt_tokens: int) -> None:
-        """A user request of `chunks` full chunks whose prompt the replica counted as
-        prompt_tokens: the tokens a chunk holds, averaged (its tail, a part chunk, taken as
-        half of one)."""
-        if chunks < 2 or prompt_tokens <= 0 or chunks >= self.params.prefix.max_chunks:
+    def learn(self, model: str, text_bytes: int, prompt_tokens: int) -> None:
+        """A user request whose prompt's text (as the chunks are cut from it) had
+        text_bytes, and which the replica counted as prompt_tokens: the tokens a chunk
+        holds, averaged (the template's few tokens counted in, so a little high)."""
+        cb = self.params.prefix.chunk_bytes
+        if text_bytes < 2 * cb or prompt_tokens <= 0:
             return
-        r = prompt_tokens / (chunks + 0.5)
+        r = prompt_tokens * cb / text_bytes
         old = self._tpc.get(model)
         self._tpc[model] = r if old is None else old + TPC_ALPHA * (r - old)
 

@@ -7,7 +7,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from warmgw.core.prefix import RoutingParams, chunks_of
+from warmgw.core.prefix import RoutingParams, text_chunks
 from warmgw.core.shapes import (
     PLAIN,
     Features,
@@ -36,11 +36,12 @@ class RequestFacts:
     """What a front-end extracts from a request once, cheaply (no tokenizer)."""
 
     __slots__ = ("chunks", "features", "key", "max_tokens", "model", "prompt_bytes", "route",
-                 "session", "stream", "tokens")
+                 "session", "stream", "text_bytes", "tokens")
 
     def __init__(self, route: str, model: str | None, stream: bool, prompt_bytes: int,
                  max_tokens: int, tokens: int = 0, features: Features = PLAIN,
-                 chunks: tuple[int, ...] = (), session: str | None = None) -> None:
+                 chunks: tuple[int, ...] = (), session: str | None = None,
+                 text_bytes: int = 0) -> None:
         self.route = route  # "chat", "completions", "embeddings", "models", "other"
         self.model = model
         self.stream = stream
@@ -53,6 +54,7 @@ class RequestFacts:
                     | (route == "chat") << 1 | stream)
         self.chunks = chunks  # chained hashes of the prompt's chunks (core.prefix), if on
         self.session = session  # the session affinity key, if on
+        self.text_bytes = text_bytes  # bytes of the prompt's text the chunks were cut from
 
     def shape(self, prompt_tokens: int) -> ShapeKey | None:
         """The feature-shape, with the exact prompt size when the replica told it."""
@@ -110,12 +112,14 @@ def from_json(path: str, obj: Any, body_bytes: int, sole_model: str | None,
     if routing is None:
         return RequestFacts(route, model, stream, prompt_bytes, max_tokens,
                             ratios.estimate(model, prompt_bytes), features)
-    chunks = chunks_of(route, obj, model, routing.prefix) if routing.prefix.enabled else ()
+    text_bytes, chunks = text_chunks(route, obj, model, routing.prefix) if routing.prefix.enabled \
+        else (0, ())
     if session is None and routing.session.use_user_field:
         user = obj.get("user")
         session = user if isinstance(user, str) and user else None
     return RequestFacts(route, model, stream, prompt_bytes, max_tokens,
-                        ratios.estimate(model, prompt_bytes), features, chunks, session)
+                        ratios.estimate(model, prompt_bytes), features, chunks, session,
+                        text_bytes)
 
 
 PROMPT_TOKENS = b'"prompt_tokens":'

@@ -136,7 +136,14 @@ def chain(data: bytes, seed: int, chunk_bytes: int, max_chunks: int) -> tuple[in
 
 def chunks_of(route: str, obj: Mapping[str, Any], model: str, p: PrefixParams
               ) -> tuple[int, ...]:
-    return chain(render(route, obj), zlib.crc32(model.encode()), p.chunk_bytes, p.max_chunks)
+    return text_chunks(route, obj, model, p)[1]
+
+
+def text_chunks(route: str, obj: Mapping[str, Any], model: str, p: PrefixParams
+                ) -> tuple[int, tuple[int, ...]]:
+    """(bytes of the prompt's rendered text, the chained hashes of its full chunks)."""
+    text = render(route, obj)
+    return len(text), chain(text, zlib.crc32(model.encode()), p.chunk_bytes, p.max_chunks)
 
 
 class PrefixIndex:

@@ -118,7 +118,7 @@ class Ticket:
             if prompt_tokens and not ep.requests & 7:  # a sample is enough: it moves slowly
                 router.ratios.learn(model, facts.prompt_bytes, prompt_tokens)
                 if facts.chunks and router.affinity is not None:
-                    router.affinity.learn(model, len(facts.chunks), prompt_tokens)
+                    router.affinity.learn(model, facts.text_bytes, prompt_tokens)
             shape = _new_key(ShapeKey, (model, route, facts.stream,
                                         fine(prompt_tokens or facts.tokens), facts.features))
             seen = ep.seen
