@@ -54,6 +54,7 @@ HOP = frozenset(
 )
 MAX_REQUEST_ID = 128
 JSON_CT = [(b"Content-Type", b"application/json")]
+_DECODER = json.JSONDecoder()  # json.loads' own (json._default_decoder)
 
 
 class _NotSent(Exception):
@@ -118,7 +119,7 @@ class Proxy:
                     "invalid_request_error", "unsupported_media_type",
                 )
             try:
-                obj: Any = json.loads(body) if body else {}
+                obj: Any = _loads(body) if body else {}
             except (ValueError, RecursionError) as e:
                 return self._error(req, 400, f"request body is not valid JSON: {e}",
                                    "invalid_request_error", "invalid_json")
@@ -145,21 +146,21 @@ class Proxy:
         route = self.router.resolve(snap, facts.model)
         if isinstance(route, Refusal):
             return self._refuse(req, route)
-        given = req.rid
-        rid = given.decode("latin-1") if given else ""
-        if not rid or len(rid) > MAX_REQUEST_ID or not (rid.isascii() and rid.isprintable()):
-            rid = f"{self.rng.getrandbits(128):032x}"
+        rid = req.rid
+        if not rid or len(rid) > MAX_REQUEST_ID or not (
+                rid.isascii() and rid.decode("ascii").isprintable()):
+            rid = b"%032x" % self.rng.getrandbits(128)
         await self._send(req, route, rid, facts)
 
     # -- forwarding -------------------------------------------------------------------------
 
-    def _upstream_request(self, req: Request, host_header: bytes, rid: str) -> bytes:
+    def _upstream_request(self, req: Request, host_header: bytes, rid: bytes) -> bytes:
         out = [b"%b %b HTTP/1.1\r\nHost: %b\r\n" % (req.method.encode(), req.target.encode(
             "latin-1"), host_header)]
         for k, v in req.headers:
             if k.lower() not in HOP:  # hop-by-hop, and X-Request-Id (set below)
-                out.append(b"%b: %b\r\n" % (k, v))
-        out.append(b"X-Request-Id: %b\r\nContent-Length: %d\r\n\r\n" % (rid.encode(),
+                out += (k, b": ", v, b"\r\n")  # cheaper than b"%b: %b\r\n" % (k, v)
+        out.append(b"X-Request-Id: %b\r\nContent-Length: %d\r\n\r\n" % (rid,
                                                                           len(req.body)))
         out.append(req.body)
         return b"".join(out)
@@ -181,7 +182,7 @@ class Proxy:
             if a is not None:
                 self.pool.close_address(a[0], a[1])
 
-    async def _send(self, req: Request, route: Route, rid: str, facts: RequestFacts) -> None:
+    async def _send(self, req: Request, route: Route, rid: bytes, facts: RequestFacts) -> None:
         tried: list[Endpoint] = []
         last = ""
         task = req.task
@@ -217,9 +218,9 @@ class Proxy:
             finally:
                 ticket.close()
         self._error(req, 502, f"no replica could be reached ({last})", "upstream_error",
-                    "upstream_unreachable", extra=[(b"X-Request-Id", rid.encode())])
+                    "upstream_unreachable", extra=[(b"X-Request-Id", rid)])
 
-    async def _forward(self, req: Request, ticket: Ticket, rid: str, resend: bool,
+    async def _forward(self, req: Request, ticket: Ticket, rid: bytes, resend: bool,
                        fresh: bool) -> None:
         """One attempt. resend: a request left unanswered may go once more (_Unanswered).
         fresh: on a new connection, not a pooled one."""
@@ -235,7 +236,7 @@ class Proxy:
             log.error("%s (raise the open-file limit)", e)
             ticket.count(503)
             return req.conn.respond(
-                503, [*JSON_CT, (b"Retry-After", b"1"), (b"X-Request-Id", rid.encode())],
+                503, [*JSON_CT, (b"Retry-After", b"1"), (b"X-Request-Id", rid)],
                 errors.body(f"the gateway is overloaded: {e}", "service_unavailable",
                             "gateway_overloaded"))
         except Cut as e:  # it had the request (or may have)
@@ -248,7 +249,7 @@ class Proxy:
             if status == 503:  # not ready (loading, sleeping, overloaded): not taken
                 raise _NotSent("HTTP 503")
             out = [(k, v) for k, v in up.headers if k.lower() not in HOP]
-            out.append((b"X-Request-Id", rid.encode()))
+            out.append((b"X-Request-Id", rid))
             out.append((b"X-Warmgw-Replica", ep.name.encode()))
             if up.length is None and not up.done:
                 return await self._stream(req, ticket, up, out)
@@ -262,11 +263,11 @@ class Proxy:
         finally:
             up.release()
 
-    def _failed(self, req: Request, ticket: Ticket, rid: str, e: Cut) -> None:
+    def _failed(self, req: Request, ticket: Ticket, rid: bytes, e: Cut) -> None:
         ep = ticket.ep
         code = 504 if e.timeout else 502
         ticket.fail(Failure.UNANSWERED if e.unanswered else Failure.TAKEN, str(e), code)
-        req.conn.respond(code, [*JSON_CT, (b"X-Request-Id", rid.encode()),
+        req.conn.respond(code, [*JSON_CT, (b"X-Request-Id", rid),
                                 (b"X-Warmgw-Replica", ep.name.encode())],
                          errors.body(f"replica {ep.name} failed before answering: {e}",
                                      "upstream_error", "upstream_failed"))
@@ -358,6 +359,14 @@ def _address(req: Request) -> str:
     t = req.conn.transport
     peer = t.get_extra_info("peername") if t is not None else None
     return str(peer[0]) if isinstance(peer, tuple) and peer else ""
+
+
+def _loads(body: bytes) -> Any:
+    """json.loads(body), without its guess of the encoding (~0.8 us) for a body that can
+    only be UTF-8 to it: an object whose second byte is not NUL."""
+    if body[:1] == b"{" and body[1:2] != b"\x00":
+        return _DECODER.decode(body.decode("utf-8", "surrogatepass"))  # as json.loads does
+    return json.loads(body)
 
 
 def _is_json(mime: str) -> bool:

@@ -165,16 +165,24 @@ class HttpProtocol(Connection):
                               "bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        n = len(name) + len(value)
+        headers = self._headers
+        headers.append((name, value))
+        self._head_bytes += n
         lim = self.limits
-        if len(name) + len(value) > lim.max_field_size:
+        if (n > lim.max_field_size or len(headers) > lim.max_headers
+                or self._head_bytes > lim.max_head_bytes):  # one test on the request path
+            self._over_limit(n, len(headers))
+
+    def _over_limit(self, n: int, count: int) -> None:
+        """A header went over a limit: which one, in this order."""
+        lim = self.limits
+        if n > lim.max_field_size:
             self._refuse(400, f"a header line is longer than {lim.max_field_size} bytes")
-        self._headers.append((name, value))
-        if len(self._headers) > lim.max_headers:
+        if count > lim.max_headers:
             self._refuse(400, f"more than {lim.max_headers} headers")
-        self._head_bytes += len(name) + len(value)
-        if self._head_bytes > lim.max_head_bytes:
-            self._refuse(431, f"request headers are larger than the limit of "
-                              f"{lim.max_head_bytes} bytes", "headers_too_large")
+        self._refuse(431, f"request headers are larger than the limit of "
+                          f"{lim.max_head_bytes} bytes", "headers_too_large")
 
     def on_headers_complete(self) -> None:
         self._head_open = False
