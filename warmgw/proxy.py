@@ -296,7 +296,8 @@ class Proxy:
                 ticket.first_byte()
                 first = False
             try:
-                await conn.write(chunk)  # cut by the server if the client stops reading
+                if conn.send(chunk):
+                    await conn.drain()  # cut by the server if the client stops reading
             except ConnectionResetError:  # the client left; leaving closes the upstream
                 ticket.left()
                 return
@@ -362,10 +363,13 @@ def _address(req: Request) -> str:
 
 
 def _loads(body: bytes) -> Any:
-    """json.loads(body), without its guess of the encoding (~0.8 us) for a body that can
-    only be UTF-8 to it: an object whose second byte is not NUL."""
+    """json.loads(body), cheaper (~1.2 us) for a body that is an object and that it would
+    read as UTF-8 (its second byte is not NUL): no guess of the encoding, and no
+    whitespace regex around the object unless something follows it."""
     if body[:1] == b"{" and body[1:2] != b"\x00":
-        return _DECODER.decode(body.decode("utf-8", "surrogatepass"))  # as json.loads does
+        s = body.decode("utf-8", "surrogatepass")  # as json.loads decodes it
+        obj, end = _DECODER.raw_decode(s)
+        return obj if end == len(s) else _DECODER.decode(s)  # trailing space, or extra data
     return json.loads(body)
 
 

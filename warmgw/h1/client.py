@@ -147,12 +147,14 @@ class Response(asyncio.Protocol):
         if self._buffered > READ_AHEAD and not self._paused and self.transport is not None:
             self.transport.pause_reading()
             self._paused = True
-        self._wake()
+        if self._waiter is not None:  # a stream's pieces mostly come with none waiting
+            self._wake()
 
     def on_message_complete(self) -> None:
         self.done = True
         self._stop_watch()
-        self._wake()
+        if self._waiter is not None:
+            self._wake()
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -195,8 +197,7 @@ class Response(asyncio.Protocol):
         return data
 
     def _wait(self) -> asyncio.Future[None]:
-        """What to await for the next event (_wake); then _check(). A future, not a
-        coroutine: one frame less on each wait and each wake-up."""
+        """To await for the next event (_wake), then _check(): not a coroutine (a frame)."""
         if self._error is not None:
             raise self._error
         fut = self._waiter = self.loop.create_future()
@@ -297,9 +298,7 @@ class Response(asyncio.Protocol):
         self.length = None
         self.content_type = b""
         self.keep_alive = False
-        # llhttp is ready for the next response once one ended: a parser is made anew only
-        # after stray bytes (making one costs ~0.3 us)
-        if self._stale:
+        if self._stale:  # else llhttp is ready for the next response (a new one: ~0.3 us)
             self._parser = httptools.HttpResponseParser(self)
             self._stale = False
         self._chunks = []

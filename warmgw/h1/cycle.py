@@ -208,6 +208,12 @@ class Connection(asyncio.Protocol):
         t.write(b"".join(head))
 
     async def write(self, data: bytes) -> None:
+        if self.send(data):
+            await self.drain()
+
+    def send(self, data: bytes) -> bool:
+        """write() without the wait: True when the client's socket is full, and drain()
+        is to be awaited before the next piece (a stream's chunk makes no coroutine)."""
         t = self.transport
         if t is None or self.closing:
             raise ConnectionResetError("the client closed the connection")
@@ -215,14 +221,19 @@ class Connection(asyncio.Protocol):
             t.write(b"%x\r\n%b\r\n" % (len(data), data))
         else:
             t.write(data)
-        if self._write_paused:
-            d = self._drain = self.loop.create_future()
-            stall = _Stall(self)
-            try:
-                await d
-            finally:
-                self._drain = None
-                stall.stop()
+        return self._write_paused
+
+    async def drain(self) -> None:
+        """Until the client's socket takes more (or the client is cut: _Stall)."""
+        if not self._write_paused:
+            return
+        d = self._drain = self.loop.create_future()
+        stall = _Stall(self)
+        try:
+            await d
+        finally:
+            self._drain = None
+            stall.stop()
 
     def end(self) -> None:
         t = self.transport
