@@ -51,7 +51,8 @@ class Request:
                  "target", "task", "version")
 
     def __init__(self, conn: Connection, method: str, target: str,
-                 headers: list[tuple[bytes, bytes]], version: str) -> None:
+                 headers: list[tuple[bytes, bytes]], version: str, keep_alive: bool = True,
+                 ctype: bytes | None = None, rid: bytes | None = None) -> None:
         self.conn = conn
         self.method = method
         self.target = target  # path and query, as sent
@@ -59,10 +60,10 @@ class Request:
         self.path = target if q < 0 else target[:q]
         self.headers = headers  # as received (bytes): passed on without decoding
         # the first Content-Type and X-Request-Id, found as the head was parsed
-        self.ctype: bytes | None = None
-        self.rid: bytes | None = None
+        self.ctype = ctype
+        self.rid = rid
         self.version = version
-        self.keep_alive = True
+        self.keep_alive = keep_alive
         self.body = b""
         self.task: asyncio.Task[None] | None = None
 

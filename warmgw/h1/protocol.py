@@ -186,7 +186,7 @@ class HttpProtocol(Connection):
 
     def on_headers_complete(self) -> None:
         self._head_open = False
-        self._cancel_timer()
+        self._limit = 0  # _cancel_timer(), inline here and below (a call less a request)
         p = self.parser
         length = None
         expect = False
@@ -209,12 +209,8 @@ class HttpProtocol(Connection):
             self._refuse(413, f"request body is larger than the limit of {limit} bytes",
                          "request_too_large", "invalid_request_error")
         method = p.get_method().decode("latin-1")
-        req = Request(self, method, self._url.decode("latin-1"), headers,
-                      p.get_http_version())
-        req.keep_alive = p.should_keep_alive()
-        req.ctype = ctype
-        req.rid = rid
-        self._req = req
+        self._req = Request(self, method, self._url.decode("latin-1"), headers,
+                            p.get_http_version(), p.should_keep_alive(), ctype, rid)
         if expect and self.current is None and self.transport is not None:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         self._in_body = True  # data_received arms the body's timer if it is still due
@@ -229,7 +225,7 @@ class HttpProtocol(Connection):
 
     def on_message_complete(self) -> None:
         self._in_body = False
-        self._cancel_timer()
+        self._limit = 0
         req = self._req
         body = self._body
         req.body = body[0] if len(body) == 1 else b"".join(body)
@@ -263,7 +259,7 @@ class HttpProtocol(Connection):
             self.transport.resume_reading()
             self.reading_paused = False
         if not self._in_body:  # the body has its own timer; a head must come within idle
-            self._idle()
+            self._arm(IDLE, self.limits.idle_timeout)
 
     # -- limits -----------------------------------------------------------------------------
 
