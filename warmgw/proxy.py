@@ -155,8 +155,8 @@ class Proxy:
     # -- forwarding -------------------------------------------------------------------------
 
     def _upstream_request(self, req: Request, host_header: bytes, rid: bytes) -> bytes:
-        out = [b"%b %b HTTP/1.1\r\nHost: %b\r\n" % (req.method.encode(), req.target.encode(
-            "latin-1"), host_header)]
+        out = [req.method.encode(), b" ", req.target.encode("latin-1"), b" HTTP/1.1\r\nHost: ",
+               host_header, b"\r\n"]
         for k, v in req.headers:
             if k.lower() not in HOP:  # hop-by-hop, and X-Request-Id (set below)
                 out += (k, b": ", v, b"\r\n")  # cheaper than b"%b: %b\r\n" % (k, v)
@@ -248,7 +248,10 @@ class Proxy:
             status = up.status
             if status == 503:  # not ready (loading, sleeping, overloaded): not taken
                 raise _NotSent("HTTP 503")
-            out = [(k, v) for k, v in up.headers if k.lower() not in HOP]
+            out = []  # a loop, not a comprehension (a function made and called, in 3.11)
+            for h in up.headers:
+                if h[0].lower() not in HOP:
+                    out.append(h)
             out.append((b"X-Request-Id", rid))
             out.append((b"X-Warmgw-Replica", ep.name.encode()))
             if up.length is None and not up.done:
