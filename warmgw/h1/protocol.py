@@ -189,7 +189,7 @@ class HttpProtocol(Connection):
         self._limit = 0  # _cancel_timer(), inline here and below (a call less a request)
         p = self.parser
         length = None
-        expect = False
+        expect = connection = False
         ctype = rid = None
         headers = self._headers
         for k, v in headers:
@@ -204,13 +204,19 @@ class HttpProtocol(Connection):
                     rid = v
             elif kl == b"expect" and v.lower() == b"100-continue":
                 expect = True
+            elif kl == b"connection" or kl == b"proxy-connection":
+                connection = True
         limit = self.server.max_body
         if length is not None and length > limit:
             self._refuse(413, f"request body is larger than the limit of {limit} bytes",
                          "request_too_large", "invalid_request_error")
         method = p.get_method().decode("latin-1")
-        self._req = Request(self, method, self._url.decode("latin-1"), headers,
-                            p.get_http_version(), p.should_keep_alive(), ctype, rid)
+        keep = p.should_keep_alive()
+        # llhttp keeps alive with no Connection header only HTTP/1.1 (0.9, 1.0 and 2.0 need
+        # "keep-alive"): known without get_http_version(), which formats a string (~0.2 us)
+        version = "1.1" if keep and not connection else p.get_http_version()
+        self._req = Request(self, method, self._url.decode("latin-1"), headers, version, keep,
+                            ctype, rid)
         if expect and self.current is None and self.transport is not None:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         self._in_body = True  # data_received arms the body's timer if it is still due
