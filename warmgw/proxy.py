@@ -280,26 +280,30 @@ class Proxy:
         """Pass the body through as it comes. Errors writing to the client are the client's
         (it left: 499) and end here; errors reading from the replica count against it."""
         conn = req.conn
+        sse = up.content_type.startswith(b"text/event-stream")
+        # what of the body came with the head goes out with it, and the body's end with its
+        # last piece: one write to the client for what came in one read
+        last = up.take()
+        ended = up.done  # (read right after a take: nothing is left to come)
+        if last:
+            ticket.first_byte()
         try:
-            conn.start(up.status, out)
+            conn.start(up.status, out, last, ended)
         except ConnectionResetError:
             ticket.left()
             return
-        sse = up.content_type.startswith(b"text/event-stream")
-        first = True
-        last = b"\n\n"
-        while True:
+        while not ended:
             try:
                 chunk = await up.chunk()
             except Cut as e:
-                return await self._cut(conn, ticket, sse, last, e)
+                return await self._cut(conn, ticket, sse, last or b"\n\n", e)
             if not chunk:
                 break
-            if first:
+            if not last:
                 ticket.first_byte()
-                first = False
+            ended = up.done
             try:
-                if conn.send(chunk):
+                if conn.send(chunk, ended):
                     await conn.drain()  # cut by the server if the client stops reading
             except ConnectionResetError:  # the client left; leaving closes the upstream
                 ticket.left()

@@ -1,17 +1,17 @@
 """The upstream side: HTTP/1.1 to the replicas over pooled keep-alive connections.
 
-A request either is not taken (the connection could not be made: `NotConnected`, safe to
-try another replica) or is taken, after which anything that goes wrong (a reset, an early
-close, broken HTTP, no byte within read_timeout) is a `Cut`. A Cut before any byte of the
-answer came back, not by a timeout, is `unanswered` (the proxy may send it once more);
-any other Cut is final. A response's body is read chunk by chunk as it arrives; reading
-from the replica pauses while more than READ_AHEAD bytes wait for a slow client.
+A request either is not taken (the connection could not be made: `NotConnected`, safe to try
+another replica) or is taken, after which anything that goes wrong (a reset, an early close,
+broken HTTP, no byte within read_timeout) is a `Cut`. A Cut before any byte of the answer
+came back, not by a timeout, is `unanswered` (the proxy may send it once more); any other
+Cut is final. A response's body is read chunk by chunk as it arrives; reading from the
+replica pauses while more than READ_AHEAD bytes wait for a slow client.
 
 A connection has one lazy timer for its two limits (the read timeout while a response is
 due, the pool's keep-alive bound while it is idle): a limit moves a deadline, the timer is
-armed again only for a deadline nearer than the one it waits for, and when it fires it
-looks at the deadline and waits again if that has moved. Making and cancelling a timer
-handle for each limit of each request cost about 3 us of CPU a request.
+armed again only for a deadline nearer than the one it waits for, and when it fires it looks
+at the deadline and waits again if that has moved. Making and cancelling a timer handle for
+each limit of each request cost about 3 us of CPU a request.
 """
 
 from __future__ import annotations
@@ -153,8 +153,7 @@ class Response(asyncio.Protocol):
     def on_message_complete(self) -> None:
         self.done = True
         self._stop_watch()
-        if self._waiter is not None:
-            self._wake()
+        self._wake()
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -179,6 +178,10 @@ class Response(asyncio.Protocol):
                 return b""
             await self._wait()
             self._check()
+        return self.take()
+
+    def take(self) -> bytes:
+        """What came of the body and was not taken yet, without waiting (b"": nothing)."""
         chunks = self._chunks
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         self._chunks = []
@@ -192,9 +195,7 @@ class Response(asyncio.Protocol):
         while not self.done:
             await self._wait()
             self._check()
-        data = b"".join(self._chunks)
-        self._chunks = []
-        return data
+        return self.take()
 
     def _wait(self) -> asyncio.Future[None]:
         """To await for the next event (_wake), then _check(): not a coroutine (a frame)."""

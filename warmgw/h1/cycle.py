@@ -85,8 +85,8 @@ class Connection(asyncio.Protocol):
     The protocol subclass calls _run() with each request in its turn; _next() is its
     answer to a request being done."""
 
-    __slots__ = ("_answered", "_chunked", "_drain", "_task", "_waiting", "_write_paused",
-                 "closing", "current", "limits", "loop", "server", "transport")
+    __slots__ = ("_answered", "_chunked", "_drain", "_ended", "_task", "_waiting",
+                 "_write_paused", "closing", "current", "limits", "loop", "server", "transport")
 
     def __init__(self, server: Host) -> None:
         self.server = server
@@ -97,6 +97,7 @@ class Connection(asyncio.Protocol):
         self.current: Request | None = None  # the request being answered
         self._answered = False  # the current response has begun
         self._chunked = False
+        self._ended = False  # the last chunk went out
         self._drain: asyncio.Future[None] | None = None
         self._write_paused = False
         self._task: asyncio.Task[None] | None = None  # answers the requests (_serve)
@@ -191,9 +192,11 @@ class Connection(asyncio.Protocol):
             head.append(body)
         t.write(b"".join(head))
 
-    def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-        """Begin a response whose body follows in write() calls: chunked for HTTP/1.1
-        clients, until the connection closes for HTTP/1.0 ones."""
+    def start(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes = b"",
+              end: bool = False) -> None:
+        """Begin a response whose body follows in send()/write() calls: chunked for
+        HTTP/1.1 clients, until the connection closes for HTTP/1.0 ones. body: its first
+        piece, and end: its last, in the same write as the head (a syscall less)."""
         req = self.current
         t = self.transport
         if t is None or self.closing:
@@ -204,25 +207,33 @@ class Connection(asyncio.Protocol):
         if req is not None and not keep:
             req.keep_alive = False
         self._chunked = chunked
+        self._ended = False
         head = self._head(status, headers, keep)
         head.append(b"Transfer-Encoding: chunked\r\n\r\n" if chunked else b"\r\n")
-        t.write(b"".join(head))
+        t.write(b"".join(head) + self._piece(body, end))
 
     async def write(self, data: bytes) -> None:
         if self.send(data):
             await self.drain()
 
-    def send(self, data: bytes) -> bool:
+    def send(self, data: bytes, end: bool = False) -> bool:
         """write() without the wait: True when the client's socket is full, and drain()
-        is to be awaited before the next piece (a stream's chunk makes no coroutine)."""
+        is to be awaited before the next piece (a stream's chunk makes no coroutine).
+        end: data is the last piece (the end of the body goes in the same write)."""
         t = self.transport
         if t is None or self.closing:
             raise ConnectionResetError("the client closed the connection")
-        if self._chunked:
-            t.write(b"%x\r\n%b\r\n" % (len(data), data))
-        else:
-            t.write(data)
+        t.write(self._piece(data, end))
         return self._write_paused
+
+    def _piece(self, data: bytes, end: bool) -> bytes:
+        if not self._chunked:
+            return data
+        out = b"%x\r\n%b\r\n" % (len(data), data) if data else b""
+        if end:
+            self._ended = True
+            out += b"0\r\n\r\n"
+        return out
 
     async def drain(self) -> None:
         """Until the client's socket takes more (or the client is cut: _Stall)."""
@@ -237,10 +248,12 @@ class Connection(asyncio.Protocol):
             stall.stop()
 
     def end(self) -> None:
+        """The end of the body, unless it went with the last piece (send(end=True))."""
         t = self.transport
         if t is None or self.closing:
             raise ConnectionResetError("the client closed the connection")
-        if self._chunked:
+        if self._chunked and not self._ended:
+            self._ended = True
             t.write(b"0\r\n\r\n")
 
     def abort(self) -> None:
