@@ -29,10 +29,10 @@ class UserListener:
     async def stop(self, timeout: float) -> None:
         await self.server.stop(timeout)
 
-    def dispatch(self, req: Request) -> Awaitable[None]:
+    def dispatch(self, req: Request) -> Awaitable[None] | None:
         if req.path.startswith("/v1/"):
-            # the proxy's coroutine itself, awaited by the connection's task: one frame
-            # less to make, and to pass through at each wake-up
+            # what the proxy returns is awaited by the connection's task itself: a
+            # coroutine less to make, and to pass through at each wake-up
             return self.proxy.handle(req)
         return self._own(req)
 

@@ -18,6 +18,7 @@ import asyncio
 import json
 import logging
 import random
+from collections.abc import Coroutine
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -105,7 +106,10 @@ class Proxy:
 
     # -- entry ------------------------------------------------------------------------------
 
-    async def handle(self, req: Request) -> None:
+    def handle(self, req: Request) -> Coroutine[Any, Any, None] | None:
+        """Check the request and answer it if the gateway answers it itself (None); else
+        the forwarding, for the connection's task to await (not awaited here: a coroutine
+        less to pass through at each wake-up)."""
         snap = self.registry.snapshot
         body = req.body
         method = req.method
@@ -114,15 +118,15 @@ class Proxy:
             if ctype and ctype != b"application/json" and not _is_json(
                     ctype.split(b";", 1)[0].strip().lower().decode("latin-1")):
                 shown = ctype.decode("latin-1")[:100]
-                return self._error(
-                    req, 415, f"Content-Type must be application/json, got {shown!r}",
-                    "invalid_request_error", "unsupported_media_type",
-                )
+                self._error(req, 415, f"Content-Type must be application/json, got {shown!r}",
+                            "invalid_request_error", "unsupported_media_type")
+                return None
             try:
                 obj: Any = _loads(body) if body else {}
             except (ValueError, RecursionError) as e:
-                return self._error(req, 400, f"request body is not valid JSON: {e}",
-                                   "invalid_request_error", "invalid_json")
+                self._error(req, 400, f"request body is not valid JSON: {e}",
+                            "invalid_request_error", "invalid_json")
+                return None
             router = self.router
             routing = router.routing
             if routing is None:
@@ -134,23 +138,26 @@ class Proxy:
                                   router.profile.keep_spec, routing,
                                   req.get(header.lower().encode()) if header else None)
             if isinstance(facts, Refusal):
-                return self._refuse(req, facts)
+                self._refuse(req, facts)
+                return None
             keeper = router.keeper
             if keeper is not None and facts.chunks:
                 keeper.observe(facts.route, obj, facts.model or "", facts.chunks,
                                sender_of(obj, facts.session, _address(req)), router.clock.now())
         elif req.path == "/v1/models" and method in ("GET", "HEAD"):
-            return self._local(req, 200, self.models(snap))
+            self._local(req, 200, self.models(snap))
+            return None
         else:
             facts = RequestFacts(route_of(req.path), None, False, len(body), 16)
         route = self.router.resolve(snap, facts.model)
         if isinstance(route, Refusal):
-            return self._refuse(req, route)
+            self._refuse(req, route)
+            return None
         rid = req.rid
         if not rid or len(rid) > MAX_REQUEST_ID or not (
                 rid.isascii() and rid.decode("ascii").isprintable()):
             rid = b"%032x" % self.rng.getrandbits(128)
-        await self._send(req, route, rid, facts)
+        return self._send(req, route, rid, facts)
 
     # -- forwarding -------------------------------------------------------------------------
 

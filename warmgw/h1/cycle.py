@@ -75,7 +75,8 @@ class Request:
         return None
 
 
-Handler = Callable[[Request], Awaitable[None]]
+# answers the request, through an awaitable or at once (None)
+Handler = Callable[[Request], Awaitable[None] | None]
 
 
 class Connection(asyncio.Protocol):
@@ -153,7 +154,9 @@ class Connection(asyncio.Protocol):
                     await waiting
                     continue
                 try:
-                    await self.server.handler(req)
+                    answer = self.server.handler(req)
+                    if answer is not None:
+                        await answer
                 except asyncio.CancelledError:
                     self.abort()
                     raise
