@@ -352,6 +352,44 @@ async def test_reading_pauses_behind_too_many_pipelined_requests():
     assert c.t.reading and statuses(c.out) == [b"200"] * (MAX_PIPELINED + 1)
 
 
+@pytest.mark.parametrize("version", [b"1.0", b"1.1"])
+@pytest.mark.parametrize("connection", [b"", b"Connection: keep-alive", b"Connection: close",
+                                        b"Proxy-Connection: keep-alive", b"connection: Upgrade"])
+async def test_the_request_has_its_http_version_and_keep_alive(version, connection):
+    # the version is inferred when llhttp keeps alive with no Connection header (1.1 only)
+    seen: list[tuple[str, bool]] = []
+
+    async def handler(r: Request) -> None:
+        seen.append((r.version, r.keep_alive))
+        await echo(r)
+
+    c = Client(handler)
+    head = [b"GET / HTTP/" + version, b"Host: gw", *([connection] if connection else [])]
+    c.send(b"\r\n".join(head) + b"\r\n\r\n")
+    await settle()
+    keep = b"close" not in connection if version == b"1.1" else b"keep-alive" in connection
+    assert seen == [(version.decode(), keep)]
+
+
+@pytest.mark.parametrize("version", [b"1.0", b"1.1"])
+async def test_a_streams_first_and_last_pieces_may_go_with_its_head_and_its_end(version):
+    async def handler(r: Request) -> None:
+        r.conn.start(200, [(b"Content-Type", b"text/plain")], b"ab")
+        r.conn.send(b"c")
+        r.conn.send(b"de", end=True)
+        r.conn.end()  # already ended: nothing more
+
+    c = Client(handler)
+    c.send(b"GET / HTTP/" + version + b"\r\nHost: gw\r\n\r\n")
+    await settle()
+    head, body = c.out.split(b"\r\n\r\n", 1)
+    if version == b"1.1":
+        assert b"Transfer-Encoding: chunked" in head
+        assert body == b"2\r\nab\r\n1\r\nc\r\n2\r\nde\r\n0\r\n\r\n" and not c.t.closed
+    else:
+        assert body == b"abcde" and c.t.closed
+
+
 async def test_connection_close_is_honoured_after_the_answer():
     c = Client()
     c.send(req(b"/a", b"Connection: close"))

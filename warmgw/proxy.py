@@ -18,6 +18,7 @@ import asyncio
 import json
 import logging
 import random
+from collections.abc import Coroutine
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -54,6 +55,7 @@ HOP = frozenset(
 )
 MAX_REQUEST_ID = 128
 JSON_CT = [(b"Content-Type", b"application/json")]
+_DECODER = json.JSONDecoder()  # json.loads' own (json._default_decoder)
 
 
 class _NotSent(Exception):
@@ -104,7 +106,10 @@ class Proxy:
 
     # -- entry ------------------------------------------------------------------------------
 
-    async def handle(self, req: Request) -> None:
+    def handle(self, req: Request) -> Coroutine[Any, Any, None] | None:
+        """Check the request and answer it if the gateway answers it itself (None); else
+        the forwarding, for the connection's task to await (not awaited here: a coroutine
+        less to pass through at each wake-up)."""
         snap = self.registry.snapshot
         body = req.body
         method = req.method
@@ -113,15 +118,15 @@ class Proxy:
             if ctype and ctype != b"application/json" and not _is_json(
                     ctype.split(b";", 1)[0].strip().lower().decode("latin-1")):
                 shown = ctype.decode("latin-1")[:100]
-                return self._error(
-                    req, 415, f"Content-Type must be application/json, got {shown!r}",
-                    "invalid_request_error", "unsupported_media_type",
-                )
+                self._error(req, 415, f"Content-Type must be application/json, got {shown!r}",
+                            "invalid_request_error", "unsupported_media_type")
+                return None
             try:
-                obj: Any = json.loads(body) if body else {}
+                obj: Any = _loads(body) if body else {}
             except (ValueError, RecursionError) as e:
-                return self._error(req, 400, f"request body is not valid JSON: {e}",
-                                   "invalid_request_error", "invalid_json")
+                self._error(req, 400, f"request body is not valid JSON: {e}",
+                            "invalid_request_error", "invalid_json")
+                return None
             router = self.router
             routing = router.routing
             if routing is None:
@@ -133,33 +138,36 @@ class Proxy:
                                   router.profile.keep_spec, routing,
                                   req.get(header.lower().encode()) if header else None)
             if isinstance(facts, Refusal):
-                return self._refuse(req, facts)
+                self._refuse(req, facts)
+                return None
             keeper = router.keeper
             if keeper is not None and facts.chunks:
                 keeper.observe(facts.route, obj, facts.model or "", facts.chunks,
                                sender_of(obj, facts.session, _address(req)), router.clock.now())
         elif req.path == "/v1/models" and method in ("GET", "HEAD"):
-            return self._local(req, 200, self.models(snap))
+            self._local(req, 200, self.models(snap))
+            return None
         else:
             facts = RequestFacts(route_of(req.path), None, False, len(body), 16)
         route = self.router.resolve(snap, facts.model)
         if isinstance(route, Refusal):
-            return self._refuse(req, route)
-        given = req.rid
-        rid = given.decode("latin-1") if given else ""
-        if not rid or len(rid) > MAX_REQUEST_ID or not (rid.isascii() and rid.isprintable()):
-            rid = f"{self.rng.getrandbits(128):032x}"
-        await self._send(req, route, rid, facts)
+            self._refuse(req, route)
+            return None
+        rid = req.rid
+        if not rid or len(rid) > MAX_REQUEST_ID or not (
+                rid.isascii() and rid.decode("ascii").isprintable()):
+            rid = b"%032x" % self.rng.getrandbits(128)
+        return self._send(req, route, rid, facts)
 
     # -- forwarding -------------------------------------------------------------------------
 
-    def _upstream_request(self, req: Request, host_header: bytes, rid: str) -> bytes:
-        out = [b"%b %b HTTP/1.1\r\nHost: %b\r\n" % (req.method.encode(), req.target.encode(
-            "latin-1"), host_header)]
+    def _upstream_request(self, req: Request, host_header: bytes, rid: bytes) -> bytes:
+        out = [req.method.encode(), b" ", req.target.encode("latin-1"), b" HTTP/1.1\r\nHost: ",
+               host_header, b"\r\n"]
         for k, v in req.headers:
             if k.lower() not in HOP:  # hop-by-hop, and X-Request-Id (set below)
-                out.append(b"%b: %b\r\n" % (k, v))
-        out.append(b"X-Request-Id: %b\r\nContent-Length: %d\r\n\r\n" % (rid.encode(),
+                out += (k, b": ", v, b"\r\n")  # cheaper than b"%b: %b\r\n" % (k, v)
+        out.append(b"X-Request-Id: %b\r\nContent-Length: %d\r\n\r\n" % (rid,
                                                                           len(req.body)))
         out.append(req.body)
         return b"".join(out)
@@ -181,7 +189,7 @@ class Proxy:
             if a is not None:
                 self.pool.close_address(a[0], a[1])
 
-    async def _send(self, req: Request, route: Route, rid: str, facts: RequestFacts) -> None:
+    async def _send(self, req: Request, route: Route, rid: bytes, facts: RequestFacts) -> None:
         tried: list[Endpoint] = []
         last = ""
         task = req.task
@@ -217,9 +225,9 @@ class Proxy:
             finally:
                 ticket.close()
         self._error(req, 502, f"no replica could be reached ({last})", "upstream_error",
-                    "upstream_unreachable", extra=[(b"X-Request-Id", rid.encode())])
+                    "upstream_unreachable", extra=[(b"X-Request-Id", rid)])
 
-    async def _forward(self, req: Request, ticket: Ticket, rid: str, resend: bool,
+    async def _forward(self, req: Request, ticket: Ticket, rid: bytes, resend: bool,
                        fresh: bool) -> None:
         """One attempt. resend: a request left unanswered may go once more (_Unanswered).
         fresh: on a new connection, not a pooled one."""
@@ -235,7 +243,7 @@ class Proxy:
             log.error("%s (raise the open-file limit)", e)
             ticket.count(503)
             return req.conn.respond(
-                503, [*JSON_CT, (b"Retry-After", b"1"), (b"X-Request-Id", rid.encode())],
+                503, [*JSON_CT, (b"Retry-After", b"1"), (b"X-Request-Id", rid)],
                 errors.body(f"the gateway is overloaded: {e}", "service_unavailable",
                             "gateway_overloaded"))
         except Cut as e:  # it had the request (or may have)
@@ -247,8 +255,11 @@ class Proxy:
             status = up.status
             if status == 503:  # not ready (loading, sleeping, overloaded): not taken
                 raise _NotSent("HTTP 503")
-            out = [(k, v) for k, v in up.headers if k.lower() not in HOP]
-            out.append((b"X-Request-Id", rid.encode()))
+            out = []  # a loop, not a comprehension (a function made and called, in 3.11)
+            for h in up.headers:
+                if h[0].lower() not in HOP:
+                    out.append(h)
+            out.append((b"X-Request-Id", rid))
             out.append((b"X-Warmgw-Replica", ep.name.encode()))
             if up.length is None and not up.done:
                 return await self._stream(req, ticket, up, out)
@@ -262,11 +273,11 @@ class Proxy:
         finally:
             up.release()
 
-    def _failed(self, req: Request, ticket: Ticket, rid: str, e: Cut) -> None:
+    def _failed(self, req: Request, ticket: Ticket, rid: bytes, e: Cut) -> None:
         ep = ticket.ep
         code = 504 if e.timeout else 502
         ticket.fail(Failure.UNANSWERED if e.unanswered else Failure.TAKEN, str(e), code)
-        req.conn.respond(code, [*JSON_CT, (b"X-Request-Id", rid.encode()),
+        req.conn.respond(code, [*JSON_CT, (b"X-Request-Id", rid),
                                 (b"X-Warmgw-Replica", ep.name.encode())],
                          errors.body(f"replica {ep.name} failed before answering: {e}",
                                      "upstream_error", "upstream_failed"))
@@ -276,26 +287,31 @@ class Proxy:
         """Pass the body through as it comes. Errors writing to the client are the client's
         (it left: 499) and end here; errors reading from the replica count against it."""
         conn = req.conn
+        sse = up.content_type.startswith(b"text/event-stream")
+        # what of the body came with the head goes out with it, and the body's end with its
+        # last piece: one write to the client for what came in one read
+        last = up.take()
+        ended = up.done  # (read right after a take: nothing is left to come)
+        if last:
+            ticket.first_byte()
         try:
-            conn.start(up.status, out)
+            conn.start(up.status, out, last, ended)
         except ConnectionResetError:
             ticket.left()
             return
-        sse = up.content_type.startswith(b"text/event-stream")
-        first = True
-        last = b"\n\n"
-        while True:
+        while not ended:
             try:
                 chunk = await up.chunk()
             except Cut as e:
-                return await self._cut(conn, ticket, sse, last, e)
+                return await self._cut(conn, ticket, sse, last or b"\n\n", e)
             if not chunk:
                 break
-            if first:
+            if not last:
                 ticket.first_byte()
-                first = False
+            ended = up.done
             try:
-                await conn.write(chunk)  # cut by the server if the client stops reading
+                if conn.send(chunk, ended):
+                    await conn.drain()  # cut by the server if the client stops reading
             except ConnectionResetError:  # the client left; leaving closes the upstream
                 ticket.left()
                 return
@@ -358,6 +374,17 @@ def _address(req: Request) -> str:
     t = req.conn.transport
     peer = t.get_extra_info("peername") if t is not None else None
     return str(peer[0]) if isinstance(peer, tuple) and peer else ""
+
+
+def _loads(body: bytes) -> Any:
+    """json.loads(body), cheaper (~1.2 us) for a body that is an object and that it would
+    read as UTF-8 (its second byte is not NUL): no guess of the encoding, and no
+    whitespace regex around the object unless something follows it."""
+    if body[:1] == b"{" and body[1:2] != b"\x00":
+        s = body.decode("utf-8", "surrogatepass")  # as json.loads decodes it
+        obj, end = _DECODER.raw_decode(s)
+        return obj if end == len(s) else _DECODER.decode(s)  # trailing space, or extra data
+    return json.loads(body)
 
 
 def _is_json(mime: str) -> bool:

@@ -26,6 +26,7 @@ class Endpoint:
     counters and `seen`."""
 
     __slots__ = (
+        "_spec",
         "adapters",
         "cache_tokens",
         "consecutive_errors",
@@ -34,6 +35,8 @@ class Endpoint:
         "inflight",
         "max_model_len",
         "models",
+        "name",
+        "pool",
         "ramp",
         "ratio",
         "ratio_n",
@@ -43,7 +46,6 @@ class Endpoint:
         "retry_at",
         "seen",
         "since",
-        "spec",
         "start_marker",
         "state",
         "tickets",
@@ -80,12 +82,15 @@ class Endpoint:
         self.warm_rounds = 0
 
     @property
-    def name(self) -> str:
-        return self.spec.name
+    def spec(self) -> EndpointSpec:
+        return self._spec
 
-    @property
-    def pool(self) -> str:
-        return self.spec.pool
+    @spec.setter
+    def spec(self, spec: EndpointSpec) -> None:
+        self._spec = spec
+        # copied, not properties: read on every request (a property costs ~60 ns a read)
+        self.name = spec.name
+        self.pool = spec.pool
 
     def weight(self, now: float) -> float:
         ramp = self.ramp

@@ -165,23 +165,31 @@ class HttpProtocol(Connection):
                               "bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        n = len(name) + len(value)
+        headers = self._headers
+        headers.append((name, value))
+        self._head_bytes += n
         lim = self.limits
-        if len(name) + len(value) > lim.max_field_size:
+        if (n > lim.max_field_size or len(headers) > lim.max_headers
+                or self._head_bytes > lim.max_head_bytes):  # one test on the request path
+            self._over_limit(n, len(headers))
+
+    def _over_limit(self, n: int, count: int) -> None:
+        """A header went over a limit: which one, in this order."""
+        lim = self.limits
+        if n > lim.max_field_size:
             self._refuse(400, f"a header line is longer than {lim.max_field_size} bytes")
-        self._headers.append((name, value))
-        if len(self._headers) > lim.max_headers:
+        if count > lim.max_headers:
             self._refuse(400, f"more than {lim.max_headers} headers")
-        self._head_bytes += len(name) + len(value)
-        if self._head_bytes > lim.max_head_bytes:
-            self._refuse(431, f"request headers are larger than the limit of "
-                              f"{lim.max_head_bytes} bytes", "headers_too_large")
+        self._refuse(431, f"request headers are larger than the limit of "
+                          f"{lim.max_head_bytes} bytes", "headers_too_large")
 
     def on_headers_complete(self) -> None:
         self._head_open = False
-        self._cancel_timer()
+        self._limit = 0  # _cancel_timer(), inline here and below (a call less a request)
         p = self.parser
         length = None
-        expect = False
+        expect = connection = False
         ctype = rid = None
         headers = self._headers
         for k, v in headers:
@@ -196,17 +204,19 @@ class HttpProtocol(Connection):
                     rid = v
             elif kl == b"expect" and v.lower() == b"100-continue":
                 expect = True
+            elif kl == b"connection" or kl == b"proxy-connection":
+                connection = True
         limit = self.server.max_body
         if length is not None and length > limit:
             self._refuse(413, f"request body is larger than the limit of {limit} bytes",
                          "request_too_large", "invalid_request_error")
         method = p.get_method().decode("latin-1")
-        req = Request(self, method, self._url.decode("latin-1"), headers,
-                      p.get_http_version())
-        req.keep_alive = p.should_keep_alive()
-        req.ctype = ctype
-        req.rid = rid
-        self._req = req
+        keep = p.should_keep_alive()
+        # llhttp keeps alive with no Connection header only HTTP/1.1 (0.9, 1.0 and 2.0 need
+        # "keep-alive"): known without get_http_version(), which formats a string (~0.2 us)
+        version = "1.1" if keep and not connection else p.get_http_version()
+        self._req = Request(self, method, self._url.decode("latin-1"), headers, version, keep,
+                            ctype, rid)
         if expect and self.current is None and self.transport is not None:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         self._in_body = True  # data_received arms the body's timer if it is still due
@@ -221,7 +231,7 @@ class HttpProtocol(Connection):
 
     def on_message_complete(self) -> None:
         self._in_body = False
-        self._cancel_timer()
+        self._limit = 0
         req = self._req
         body = self._body
         req.body = body[0] if len(body) == 1 else b"".join(body)
@@ -255,7 +265,7 @@ class HttpProtocol(Connection):
             self.transport.resume_reading()
             self.reading_paused = False
         if not self._in_body:  # the body has its own timer; a head must come within idle
-            self._idle()
+            self._arm(IDLE, self.limits.idle_timeout)
 
     # -- limits -----------------------------------------------------------------------------
 
