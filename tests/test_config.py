@@ -52,6 +52,8 @@ REPLICAS = [{"name": "r0", "url": "http://127.0.0.1:9001"}]
         ({"routing": {"prefix": {"enabled": True, "keep_prefixes": True,
                                  "warm_cache_share": 1.5}}},
          "routing.prefix.warm_cache_share: expected a share in (0, 1], got 1.5"),
+        ({"routing": {"prefix": {"index_headroom": 0}}},
+         "routing.prefix.index_headroom: expected a number > 0, got 0"),
         ({"routing": {"prefix": {"slack": -1}}},
          "routing.prefix.slack: expected a number >= 0, got -1"),
         ({"routing": {"prefix": {"epsilon": 0.5, "session_epsilon": 0.25}}},

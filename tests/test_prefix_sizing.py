@@ -1,7 +1,7 @@
 """The prefix index remembers of each replica what its cache can hold: the block count x
 block size that vLLM's `vllm:cache_config_info` exports, read where the supervisor scrapes
-/metrics, turned into chunks of prompt bytes; config (replica_cache_tokens) when the
-replica does not say."""
+/metrics, turned into chunks of prompt bytes (times index_headroom, 1.25); config
+(replica_cache_tokens) when the replica does not say."""
 
 from __future__ import annotations
 
@@ -38,9 +38,9 @@ def test_cache_tokens_are_read_from_cache_config_info(text: bytes, tokens: int |
 
 
 @pytest.mark.parametrize(("reported", "configured", "chunks"), [
-    (4096, 0, 4096 * 4 // 256),  # the replica's own figure
-    (4096, 100000, 4096 * 4 // 256),  # wins over config
-    (0, 1024, 1024 * 4 // 256),  # config when the replica does not say
+    (4096, 0, 4096 * 4 // 256 * 5 // 4),  # the replica's own figure, x index_headroom
+    (4096, 100000, 4096 * 4 // 256 * 5 // 4),  # wins over config
+    (0, 1024, 1024 * 4 // 256 * 5 // 4),  # config when the replica does not say
     (0, 0, 16384),  # neither: replica_chunks
 ])
 def test_index_capacity_follows_the_replica_then_config(reported: int, configured: int,
@@ -60,7 +60,7 @@ def test_tokens_per_chunk_are_learned_from_the_replicas_counts() -> None:
 
 
 @pytest.mark.timeout(60)
-async def test_the_index_holds_no_more_of_a_replica_than_its_cache() -> None:
+async def test_the_index_holds_no_more_of_a_replica_than_its_cache_and_headroom() -> None:
     sim = SimConfig(ttft_base=0.001, itl=0.001, prefix_block_tokens=16, prefix_cache_blocks=32)
     async with SimFleet(sim, replicas=2) as fleet:
         cfg = gateway_config(fleet.urls, routing={"prefix": {"enabled": True}})
@@ -80,7 +80,7 @@ async def test_the_index_holds_no_more_of_a_replica_than_its_cache() -> None:
                 sent += len(body["messages"][0]["content"]) // 256
             tpc = aff.tokens_per_chunk("tiny", gw.router.ratios.ratios["tiny"])
             held = {n: len(lru) for n, lru in aff.prefix._lru.items()}
-    cap = int(32 * 16 / tpc)
+    cap = int(32 * 16 * aff.params.prefix.index_headroom / tpc)
     print(f"tokens/chunk {tpc:.2f}: index capacity {cap} chunks per replica, holds {held}, "
           f"{sent} chunks sent")
     assert sent > 4 * cap  # without the replica's figure the index would keep them all

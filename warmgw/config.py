@@ -188,6 +188,9 @@ def parse_routing(raw: Mapping[str, Any]) -> RoutingParams:
     if p.chunk_bytes < 16 or p.max_chunks < 1 or p.replica_chunks < 1 or p.epsilon <= 0:
         raise ConfigError("routing.prefix: expected chunk_bytes >= 16, max_chunks >= 1, "
                           f"replica_chunks >= 1, epsilon > 0; got {p}")
+    if not 0.0 < p.index_headroom < math.inf:
+        raise ConfigError("routing.prefix.index_headroom: expected a number > 0, got "
+                          f"{p.index_headroom!r}")
     if not 0.0 <= p.slack < math.inf:
         raise ConfigError(f"routing.prefix.slack: expected requests >= 0, got {p.slack!r}")
     if not p.session_epsilon >= p.epsilon or math.isinf(p.session_epsilon):

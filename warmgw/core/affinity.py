@@ -139,7 +139,7 @@ class Affinity:
         p = self.params.prefix
         tokens = cache_tokens or p.replica_cache_tokens
         if tokens > 0:
-            return max(1, int(tokens / tokens_per_chunk))
+            return max(1, int(tokens * p.index_headroom / tokens_per_chunk))
         return p.replica_chunks
 
     def pick(self, route: Route, facts: RequestFacts, rng: random.Random, now: float

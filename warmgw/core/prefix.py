@@ -33,6 +33,10 @@ class PrefixParams:
     max_chunks: int = 256  # the first 64 KB of a prompt at most
     replica_chunks: int = 16384  # chunks remembered per replica, when its cache size is unknown
     replica_cache_tokens: int = 0  # a replica's prefix cache in tokens (0: unknown)
+    # the index remembers this many times what a replica's cache holds: forgetting a
+    # prefix the replica still holds misplaces its next request (a miss where there could
+    # have been a hit), remembering one it evicted sends it where it misses anyway
+    index_headroom: float = 1.25
     ttl: float = 600.0
     epsilon: float = 0.25  # bounded load: at most (1 + epsilon) x its weighted fair share
     # a session's next turn goes back to its replica while that one stays within
