@@ -3,8 +3,9 @@ field) send long shared system prompts through the gateway to three simulated re
 with prefix caches; a fourth joins mid-traffic. With keep_prefixes on, the gateway kept
 the hot system prompts, replayed them to the newcomer as it was warmed, and recorded it as
 holding them: among its first user requests, under 1 % miss the shared prefix (by the
-replica's own usage.prompt_tokens_details.cached_tokens). Without it, the newcomer's first
-sight of each hot prefix is a miss."""
+replica's own usage.prompt_tokens_details.cached_tokens), and they carry most of the hot
+prefixes. Without it, the newcomer's first sight of each hot prefix is a miss, or it is
+sent few of them (their holders keep them within the load bound)."""
 
 from __future__ import annotations
 
@@ -104,8 +105,9 @@ async def test_a_newcomer_warmed_with_the_hot_prefixes_does_not_miss_them() -> N
     assert figures["kept"] == SYSTEMS
     assert len(warm) == FIRST and misses(warm) < 0.01
     assert distinct(warm) >= SYSTEMS * 3 // 4  # its fair part of the hot prefixes
-    # the control: unwarmed, it misses each hot prefix it is sent the first time
-    assert misses(cold) >= 0.03
+    # the control: unwarmed, it misses each hot prefix it is sent the first time, or (the
+    # holders keeping their prefixes within the load bound) it is sent few of them
+    assert misses(cold) >= 0.03 or distinct(cold) <= SYSTEMS // 4
 
 
 @pytest.mark.timeout(60)
