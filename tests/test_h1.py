@@ -14,7 +14,8 @@ import pytest
 import pytest_asyncio
 
 from warmgw.config import ClientLimits
-from warmgw.h1.client import Cut, NotConnected, Pool
+from warmgw.h1.client import READ_AHEAD, Pool
+from warmgw.h1.failures import Cut, NotConnected
 from warmgw.h1.server import Request, Server
 
 pytestmark = pytest.mark.timeout(30)
@@ -145,6 +146,39 @@ async def test_a_silent_replica_is_a_cut_after_the_read_timeout():
             await task
         assert e.value.timeout
         conn.close()
+    await pool.close()
+
+
+async def test_a_pause_for_a_slow_reader_is_not_counted_against_the_replica() -> None:
+    """Reading pauses while more than READ_AHEAD bytes of a stream wait to be taken: that is
+    the client's time. Once they are taken the replica has a whole read timeout again (the
+    timer's next tick used to cut it, counting the pause against it)."""
+    pool = Pool(connect_timeout=1.0, read_timeout=1.0, keepalive=1.0)
+    loop = asyncio.get_running_loop()
+    piece = b"x" * (READ_AHEAD + 1)  # the pause comes with its last byte: none left unread
+    with socket_listener() as (port, accept):
+        task = asyncio.create_task(pool.request("127.0.0.1", port, b"GET / HTTP/1.1\r\n\r\n"))
+        conn = await accept()
+        with conn:  # closed however the test ends
+            conn.setblocking(False)
+            await loop.sock_recv(conn, 1024)
+            await loop.sock_sendall(conn, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                          b"%x\r\n%b\r\n" % (len(piece), piece))
+            up = await task
+            await asyncio.sleep(2.5)  # nothing taken: the timer ticks at 1, 2 and 3 s
+            assert up._paused
+            got = up.take()
+
+            async def the_end() -> None:  # after the tick at 3 s, within 1 s of the take
+                await asyncio.sleep(0.75)
+                await loop.sock_sendall(conn, b"3\r\nend\r\n0\r\n\r\n")
+
+            end = asyncio.create_task(the_end())
+            while chunk := await up.chunk():
+                got += chunk
+            await end
+            assert got == piece + b"end"
+            up.release()
     await pool.close()
 
 

@@ -37,7 +37,8 @@ from warmgw.core.lifecycle import State
 from warmgw.core.model import Endpoint, Route, Snapshot
 from warmgw.core.registry import Transition
 from warmgw.core.routing import Failure, Router, Ticket
-from warmgw.h1.client import Cut, NotConnected, OutOfFds, Pool, Response
+from warmgw.h1.client import Pool, Response
+from warmgw.h1.failures import Cut, NotConnected, OutOfFds
 from warmgw.h1.server import Connection, Request
 from warmgw.replicas import Replica
 

@@ -4,8 +4,9 @@ A request either is not taken (the connection could not be made: `NotConnected`,
 another replica) or is taken, after which anything that goes wrong (a reset, an early close,
 broken HTTP, no byte within read_timeout) is a `Cut`. A Cut before any byte of the answer
 came back, not by a timeout, is `unanswered` (the proxy may send it once more); any other
-Cut is final. A response's body is read chunk by chunk as it arrives; reading from the
-replica pauses while more than READ_AHEAD bytes wait for a slow client.
+Cut is final. A response's body is read whole (read()) or chunk by chunk as it arrives;
+for the latter, reading from the replica pauses while more than READ_AHEAD bytes wait for a
+slow client. Waiting for the replica resumes it: the read timeout counts from there.
 
 A connection has one lazy timer for its two limits (the read timeout while a response is
 due, the pool's keep-alive bound while it is idle): a limit moves a deadline, the timer is
@@ -23,33 +24,10 @@ from typing import cast
 
 import httptools
 
+from warmgw.h1.failures import Cut, NotConnected, OutOfFds
+
 READ_AHEAD = 256 * 1024
 READ, IDLE = 1, 2  # the limits a connection's timer keeps
-
-
-class NotConnected(Exception):
-    """No connection: the request was not sent. down: the replica is not listening."""
-
-    def __init__(self, why: str, down: bool) -> None:
-        super().__init__(why)
-        self.down = down
-
-
-class OutOfFds(Exception):
-    """The gateway has no file descriptor to connect with: nothing is known of the
-    replica, and no other replica would fare better now."""
-
-
-class Cut(Exception):
-    """The replica had the request (or may have) and failed it. timeout: it went quiet.
-    unanswered: the connection (fresh or reused) closed or reset before any byte of the
-    response came back: the replica closed an idle connection as the request went out, or
-    its process died or restarted with the request in it. Never set with timeout."""
-
-    def __init__(self, why: str, timeout: bool = False, unanswered: bool = False) -> None:
-        super().__init__(why)
-        self.timeout = timeout
-        self.unanswered = unanswered
 
 
 class Response(asyncio.Protocol):
@@ -73,6 +51,7 @@ class Response(asyncio.Protocol):
         self._chunks: list[bytes] = []
         self._buffered = 0
         self._paused = False
+        self._whole = False  # read() takes the body at its end: no pause for it
         self._headed = False
         self.done = False
         self._error: Exception | None = None
@@ -144,7 +123,8 @@ class Response(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self._chunks.append(body)
         self._buffered += len(body)
-        if self._buffered > READ_AHEAD and not self._paused and self.transport is not None:
+        if (self._buffered > READ_AHEAD and not (self._paused or self._whole)
+                and self.transport is not None):
             self.transport.pause_reading()
             self._paused = True
         if self._waiter is not None:  # a stream's pieces mostly come with none waiting
@@ -186,27 +166,40 @@ class Response(asyncio.Protocol):
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         self._chunks = []
         self._buffered = 0
-        if self._paused and self.transport is not None and not self.lost:
-            self.transport.resume_reading()
-            self._paused = False
+        if self._paused:
+            self._resume()
         return data
 
     async def read(self) -> bytes:
+        """The whole body, at its end. Nothing of it is taken before, so reading must not
+        pause for it (it waited forever for a body over READ_AHEAD and the socket buffers)."""
+        self._whole = True
         while not self.done:
             await self._wait()
             self._check()
         return self.take()
 
     def _wait(self) -> asyncio.Future[None]:
-        """To await for the next event (_wake), then _check(): not a coroutine (a frame)."""
+        """To await for the next event (_wake), then _check(): not a coroutine (a frame).
+        Whoever waits waits for the replica: reading goes on (and its timeout with it)."""
         if self._error is not None:
             raise self._error
+        if self._paused:
+            self._resume()
         fut = self._waiter = self.loop.create_future()
         return fut
 
     def _check(self) -> None:
         if self._error is not None and not (self.done and self._headed):
             raise self._error
+
+    def _resume(self) -> None:
+        """Read again after a pause, which was the client's time: the read timeout counts
+        from now."""
+        self._paused = False
+        if self.transport is not None and not self.lost:
+            self._last = self.loop.time()
+            self.transport.resume_reading()
 
     def _wake(self) -> None:
         w = self._waiter
@@ -249,7 +242,9 @@ class Response(asyncio.Protocol):
             return
         timeout = self._read_timeout
         quiet = now - self._last
-        if quiet >= timeout and not self._paused:  # paused: waiting on the client, not it
+        # paused: nobody waits for the replica (_wait resumes), the proxy waits for a slow
+        # client to take a stream (cut after clients.write_timeout if it takes nothing)
+        if quiet >= timeout and not self._paused:
             self._limit = 0
             self._fail(Cut("no bytes within the read timeout", timeout=True))
             if self.transport is not None:
@@ -304,6 +299,7 @@ class Response(asyncio.Protocol):
             self._stale = False
         self._chunks = []
         self._buffered = 0
+        self._whole = False
         self._headed = False
         self.done = False
         self._error = None
