@@ -263,8 +263,8 @@ class Proxy:
             out.append((b"X-Warmgw-Replica", ep.name.encode()))
             if up.length is None and not up.done:
                 return await self._stream(req, ticket, up, out)
-            try:
-                body = await up.read()
+            try:  # mostly in with the head: taken without making a coroutine
+                body = up.take() if up.done else await up.read()
             except Cut as e:
                 return self._failed(req, ticket, rid, e)
             ticket.complete(status, prompt_tokens=prompt_tokens_of(body),

@@ -166,11 +166,6 @@ class Response(asyncio.Protocol):
         self.arm(now + read_timeout)
         self.transport.write(data)
 
-    async def head(self) -> None:
-        while not self._headed:
-            await self._wait()
-            self._check()
-
     async def chunk(self) -> bytes:
         """The next piece of the body as it came; b"" at its end."""
         while not self._chunks:
@@ -340,7 +335,9 @@ class Pool:
             conn.reset_for_reuse()
         try:
             conn.send(data, head_only, self.read_timeout)
-            await conn.head()
+            while not conn._headed:  # the head, awaited here: a coroutine less a request
+                await conn._wait()
+                conn._check()
         except BaseException:
             conn.lost = True
             if conn.transport is not None:
