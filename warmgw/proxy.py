@@ -232,7 +232,7 @@ class Proxy:
         """One attempt. resend: a request left unanswered may go once more (_Unanswered).
         fresh: on a new connection, not a pooled one."""
         ep = ticket.ep
-        host, port, host_header = self._address(ep.url)
+        host, port, host_header = self._addr.get(ep.url) or self._address(ep.url)
         data = self._upstream_request(req, host_header, rid)
         try:
             up = await self.pool.request(host, port, data, head_only=req.method == "HEAD",
