@@ -233,7 +233,7 @@ class Proxy:
         """One attempt. resend: a request left unanswered may go once more (_Unanswered).
         fresh: on a new connection, not a pooled one."""
         ep = ticket.ep
-        host, port, host_header = self._address(ep.url)
+        host, port, host_header = self._addr.get(ep.url) or self._address(ep.url)
         data = self._upstream_request(req, host_header, rid)
         try:
             up = await self.pool.request(host, port, data, head_only=req.method == "HEAD",
@@ -264,8 +264,8 @@ class Proxy:
             out.append((b"X-Warmgw-Replica", ep.name.encode()))
             if up.length is None and not up.done:
                 return await self._stream(req, ticket, up, out)
-            try:
-                body = await up.read()
+            try:  # mostly in with the head: taken without making a coroutine
+                body = up.take() if up.done else await up.read()
             except Cut as e:
                 return self._failed(req, ticket, rid, e)
             ticket.complete(status, prompt_tokens=prompt_tokens_of(body),

@@ -15,8 +15,7 @@ class MonotonicClock:
 
     __slots__ = ()
 
-    def now(self) -> float:
-        return time.monotonic()
+    now = staticmethod(time.monotonic)  # called as is: no Python frame (the request path)
 
 
 class FakeClock:

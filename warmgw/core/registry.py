@@ -297,12 +297,12 @@ class Registry:
         if first_use:
             return self.fleet.ratio(model, key, seconds) if state in ROUTABLE else None
         if state is State.READY:
-            fleet = self.fleet
-            ratio = fleet.ratio(model, key, seconds)
             # a suspect endpoint stops feeding the baseline, so that the fleet's steady
             # state is the others' and its own ratio shows how far off it really is
             if ep.ratio is None or ep.ratio < self.p.outlier.suspect_ratio:
-                fleet.update(model, key, seconds)
+                ratio = self.fleet.observe(model, key, seconds)  # ratio, then update
+            else:
+                ratio = self.fleet.ratio(model, key, seconds)
             if ratio is not None:
                 self._watch_latency(ep, ratio)
             return ratio

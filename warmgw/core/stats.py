@@ -61,6 +61,26 @@ class FleetBaseline:
             alpha = self.p.alpha
             e.value += (alpha if n * alpha >= 1.0 else 1.0 / n) * (seconds - e.value)
 
+    def observe(self, model: str, key: int, seconds: float) -> float | None:
+        """ratio() and then update() (as both would, with one lookup of the shape)."""
+        shapes = self._by_model.get(model)
+        if shapes is None:
+            shapes = self._by_model[model] = {}
+        e = shapes.get(key)
+        if e is None:
+            e = shapes[key] = Ewma()
+        p = self.p
+        n = e.n
+        value = e.value
+        ratio = None if n < p.min_samples or value <= 0.0 else seconds / value
+        n = e.n = n + 1
+        if n == 1:
+            e.value = seconds
+        else:
+            alpha = p.alpha
+            e.value = value + (alpha if n * alpha >= 1.0 else 1.0 / n) * (seconds - value)
+        return ratio
+
     def ratio(self, model: str, key: int, seconds: float) -> float | None:
         """seconds over the fleet's latency for this shape, None while the fleet has too few."""
         shapes = self._by_model.get(model)

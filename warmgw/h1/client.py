@@ -46,9 +46,11 @@ class Response(asyncio.Protocol):
         self.content_type = b""
         self.keep_alive = False
         self.head_only = False
+        self._chunks: list[bytes] = []  # never replaced: emptied in place (on_body)
+        # llhttp's body callback (per chunk): a C call, not a method; data_received does the rest
+        self.on_body = self._chunks.append
         self._parser = httptools.HttpResponseParser(self)
         self._stale = False  # the parser saw a response begin after the last one's end
-        self._chunks: list[bytes] = []
         self._buffered = 0
         self._paused = False
         self._whole = False  # read() takes the body at its end: no pause for it
@@ -75,12 +77,23 @@ class Response(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._last = self.loop.time()
         self.answered = True
+        chunks = self._chunks
+        had = len(chunks)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as e:
             self._fail(Cut(f"broken HTTP from the replica: {e}"))
             if self.transport is not None:
                 self.transport.abort()
+            return
+        if len(chunks) > had and not self.done:  # body came (on_body); at the end: woken
+            self._buffered += sum(map(len, chunks[had:] if had else chunks))
+            if (self._buffered > READ_AHEAD and not (self._paused or self._whole)
+                    and self.transport is not None):
+                self.transport.pause_reading()
+                self._paused = True
+            if self._waiter is not None:  # a stream's pieces mostly come with none waiting
+                self._wake()
 
     def eof_received(self) -> bool | None:
         return False
@@ -120,16 +133,6 @@ class Response(asyncio.Protocol):
             self.keep_alive = False
         self._wake()
 
-    def on_body(self, body: bytes) -> None:
-        self._chunks.append(body)
-        self._buffered += len(body)
-        if (self._buffered > READ_AHEAD and not (self._paused or self._whole)
-                and self.transport is not None):
-            self.transport.pause_reading()
-            self._paused = True
-        if self._waiter is not None:  # a stream's pieces mostly come with none waiting
-            self._wake()
-
     def on_message_complete(self) -> None:
         self.done = True
         self._stop_watch()
@@ -146,11 +149,6 @@ class Response(asyncio.Protocol):
         self.arm(now + read_timeout)
         self.transport.write(data)
 
-    async def head(self) -> None:
-        while not self._headed:
-            await self._wait()
-            self._check()
-
     async def chunk(self) -> bytes:
         """The next piece of the body as it came; b"" at its end."""
         while not self._chunks:
@@ -164,7 +162,7 @@ class Response(asyncio.Protocol):
         """What came of the body and was not taken yet, without waiting (b"": nothing)."""
         chunks = self._chunks
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        self._chunks = []
+        chunks.clear()
         self._buffered = 0
         if self._paused:
             self._resume()
@@ -297,7 +295,7 @@ class Response(asyncio.Protocol):
         if self._stale:  # else llhttp is ready for the next response (a new one: ~0.3 us)
             self._parser = httptools.HttpResponseParser(self)
             self._stale = False
-        self._chunks = []
+        self._chunks.clear()
         self._buffered = 0
         self._whole = False
         self._headed = False
@@ -336,7 +334,9 @@ class Pool:
             conn.reset_for_reuse()
         try:
             conn.send(data, head_only, self.read_timeout)
-            await conn.head()
+            while not conn._headed:  # the head, awaited here: a coroutine less a request
+                await conn._wait()
+                conn._check()
         except BaseException:
             conn.lost = True
             if conn.transport is not None:
