@@ -47,19 +47,7 @@ class FleetBaseline:
         self._by_model: dict[str, dict[int, Ewma]] = {}
 
     def update(self, model: str, key: int, seconds: float) -> None:
-        shapes = self._by_model.get(model)
-        if shapes is None:
-            shapes = self._by_model[model] = {}
-        e = shapes.get(key)
-        if e is None:
-            e = shapes[key] = Ewma()
-        # Ewma.add, inline (the request path)
-        n = e.n = e.n + 1
-        if n == 1:
-            e.value = seconds
-        else:
-            alpha = self.p.alpha
-            e.value += (alpha if n * alpha >= 1.0 else 1.0 / n) * (seconds - e.value)
+        self.observe(model, key, seconds)
 
     def observe(self, model: str, key: int, seconds: float) -> float | None:
         """ratio() and then update() (as both would, with one lookup of the shape)."""
