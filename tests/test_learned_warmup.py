@@ -134,14 +134,17 @@ async def test_a_newcomer_pays_no_cold_cost_for_what_users_sent(preset: str) -> 
 @pytest.mark.timeout(300)
 async def test_without_learned_warmup_the_newcomer_makes_users_pay() -> None:
     """The control: the default grid alone leaves the features and the finer buckets cold
-    (the adapters it lists are warmed all the same), and the gateway counts those cold
-    hits on r2 by what was new to it (those whose shape the fleet has enough samples of to
-    compare with)."""
+    (the adapters it lists are warmed all the same), and the gateway counts cold hits by
+    what was new (those whose shape the fleet has enough samples of to compare with)."""
     r2, hits = await newcomer_under_traffic("features", learned=False)
     cold = {c.split(":")[0] for r in r2.log if not r.warmup for c in r.cold}
     # (which features r2 meets first depends on where the picker sent each request)
     assert "prompt_bucket" in cold and len(cold & {"grammar", "tools", "logprobs", "n"}) >= 2, \
         cold
     assert "adapter" not in cold
-    counted = {reason for name, reason in hits if name == "r2"}
+    # the gateway counted cold hits, by what was new (on r2, or on r0 and r1, which met the
+    # features first in user traffic too: which of them crossed cold_ratio against a
+    # baseline with enough samples depends on timing; a loaded CI machine once counted
+    # r0's and r1's alone)
+    counted = {reason for _, reason in hits}
     assert counted and counted <= {"schema", "tools", "logprobs", "n", "prompt_size"}, hits
