@@ -395,6 +395,11 @@ def _meta(opts: Options, elapsed: float, incomplete: bool,
 
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
+    old = overhead_meta.stale_trees(overhead_meta.tree(REPO), overhead_meta.tree(
+        opts.compare_src) if opts.compare_src else None)
+    if old is not None:
+        print(f"overhead: {old}", file=sys.stderr)
+        return 2
     try:
         results = run(opts)
     except ChildFailed as e:
@@ -405,7 +410,8 @@ def main(argv: list[str] | None = None) -> int:
     prompt = (f"{opts.prompt_bytes} bytes" if opts.prompt_bytes is not None
               else f"{opts.prompt_words} words")
     print(
-        f"warmgw overhead: tree {overhead_meta.tree_label(m['git'])}, 1 sim replica (ttft 0, "
+        f"warmgw overhead: tree {overhead_meta.tree_label(m['git'])} "
+        f"({overhead_meta.build_label(m['git'])}), 1 sim replica (ttft 0, "
         f"itl 0, max_tokens {opts.max_tokens}, prompt {prompt}), "
         f"strategy {opts.strategy}" + (", prefix routing on" if opts.prefix_routing else "")
         + f", {opts.requests} requests per cell in {opts.rounds} "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import platform
+import runpy
 import subprocess
 import time
 from dataclasses import asdict
@@ -53,11 +54,32 @@ def tree(src: Path) -> dict[str, Any]:
 
     top = git("rev-parse", "--show-toplevel")
     if not top or Path(top).resolve() != src.resolve():  # not a checkout (maybe inside one)
-        return {"path": str(src), "commit": None, "short": None, "warmgw_changes": []}
+        return {"path": str(src), "commit": None, "short": None, "warmgw_changes": [],
+                **build(src)}
     changed = git("status", "--porcelain", "--", "warmgw")
     return {"path": str(src), "commit": git("rev-parse", "HEAD") or None,
             "short": git("rev-parse", "--short", "HEAD") or None,
-            "warmgw_changes": [line[3:] for line in changed.splitlines()]}
+            "warmgw_changes": [line[3:] for line in changed.splitlines()], **build(src)}
+
+
+def build(src: Path) -> dict[str, Any]:
+    """How a tree's request path runs: compiled (its warmgw/native.py's modules with an
+    extension beside them; none before that file existed) and which extensions are older
+    than their source (the old code would run)."""
+    f = src / "warmgw" / "native.py"
+    if not f.exists():
+        return {"compiled": 0, "compilable": 0, "stale": []}
+    ns = runpy.run_path(str(f))  # its ROOT is src
+    return {"compiled": sum(ns["extension"](m) is not None for m in ns["MODULES"]),
+            "compilable": len(ns["MODULES"]), "stale": ns["stale"]()}
+
+
+def build_label(t: dict[str, Any]) -> str:
+    if not t["compilable"]:
+        return "interpreted"
+    if t["compiled"] == t["compilable"]:
+        return "compiled (mypyc)"
+    return "interpreted" if not t["compiled"] else f"{t['compiled']}/{t['compilable']} compiled"
 
 
 def tree_label(t: dict[str, Any]) -> str:
@@ -66,6 +88,15 @@ def tree_label(t: dict[str, Any]) -> str:
     if not t["short"]:
         return Path(t["path"]).name
     return str(t["short"]) + ("-dirty" if t["warmgw_changes"] else "")
+
+
+def stale_trees(*trees: dict[str, Any] | None) -> str | None:
+    """Why the benchmark would measure old code, if it would."""
+    for t in trees:
+        if t is not None and t["stale"]:
+            return (f"{t['path']}: compiled modules older than their source "
+                    f"({', '.join(t['stale'])}): `make native` there")
+    return None
 
 
 def meets_standard(requests: int, rounds: int) -> bool:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from loadtest import overhead_meta
+
 COLUMNS = (  # name, alignment
     ("mode", "<"), ("c", ">"), ("target", "<"), ("req/s", ">"), ("x direct", ">"),
     ("x gw", ">"), ("p50 ms", ">"), ("p99 ms", ">"), ("+p50 ms", ">"), ("+p99 ms", ">"),
@@ -116,6 +118,8 @@ def compare_table(
         ).rstrip()
 
     where = f"{other['path']}" + (f", commit {other['commit']}" if other.get("commit") else "")
+    if "compiled" in other:
+        where += f", {overhead_meta.build_label(other)}"
     return "\n".join([
         f"proxy CPU per request, this tree ({this}) over the compare tree {name} ({where}):",
         "ratio = median of the rounds' ratios (each round ran both side by side)",

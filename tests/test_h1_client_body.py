@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from warmgw.h1.client import READ_AHEAD, Response
+from warmgw.h1.client import READ_AHEAD, Pool, Response
 
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
 
@@ -28,17 +28,12 @@ class FakeTransport:
         self.resumed += 1
 
 
-class FakePool:
-    def __init__(self) -> None:
-        self.loop = asyncio.get_running_loop()
-
-
 def chunk(data: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(data), data)
 
 
 def response() -> tuple[Response, FakeTransport]:
-    r = Response(FakePool(), ("127.0.0.1", 1))  # type: ignore[arg-type]
+    r = Response(Pool(5.0, 30.0, 60.0), ("127.0.0.1", 1))
     t = FakeTransport()
     r.transport = t  # type: ignore[assignment]
     r.send(b"GET / HTTP/1.1\r\n\r\n", False, 30.0)

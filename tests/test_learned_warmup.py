@@ -105,7 +105,10 @@ async def newcomer_under_traffic(preset: str, learned: bool
             "deadline": 120, "tolerance": 0.5, "abs_tolerance": 0.05})
         async with Gateway(cfg) as gw:
             await wait_all_ready(gw, timeout=90)
-            await send_all(gw.url, mix(rng) * 2)  # the profile learns; r0 and r1 pay
+            # the profile learns, r0 and r1 pay; and the fleet's baseline holds enough
+            # samples (stats.min_samples) of each shape before r2 can meet one, however
+            # fast it ramps (with two rounds a loaded machine counted no cold hit)
+            await send_all(gw.url, mix(rng) * 6)  # (4 a round of the 30-word chat shape)
             gw.static.add(EndpointSpec("r2", r2.url, "blue"))
             await wait_state(gw, "r2", State.RAMPING, timeout=90)
             deadline = asyncio.get_running_loop().time() + 90

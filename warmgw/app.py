@@ -18,7 +18,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from warmgw import metrics, status
+from warmgw import metrics, native, status
 from warmgw.admin import Admin
 from warmgw.config import ClientLimits, Config
 from warmgw.core.bluegreen import BlueGreen
@@ -227,7 +227,12 @@ class Gateway:
         self._cold_log = asyncio.create_task(consume(self._cold_hits, log_cold_hit),
                                              name="warmgw-cold-hits")
         self.port = await self.listener.listen(cfg.listen.host, cfg.listen.port)
-        log.info("warmgw serving on %s (strategy %s)", self.url, cfg.lifecycle.strategy)
+        log.info("warmgw serving on %s (strategy %s; %s)", self.url, cfg.lifecycle.strategy,
+                 native.describe())
+        stale = native.stale()
+        if stale:
+            log.warning("compiled modules older than their source run (%s): `make native` "
+                        "builds them again", ", ".join(stale))
         if self.epp is not None and cfg.epp is not None:
             self.epp_port = await self.epp.start(cfg.epp.host, cfg.epp.port)
             log.info("endpoint picker (ext_proc) on %s:%d", cfg.epp.host, self.epp_port)

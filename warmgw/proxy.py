@@ -216,9 +216,9 @@ class Proxy:
                 last = f"{ticket.ep.name}: {e}"
                 ticket.fail(Failure.NOT_SENT, str(e), down=e.down)
                 tried.append(ticket.ep)
-            except _Unanswered as e:  # once, fresh, on another replica if one routes
-                last = f"{ticket.ep.name}: {e}"
-                ticket.fail(Failure.UNANSWERED, str(e))
+            except _Unanswered as u:  # once, fresh, on another replica if one routes
+                last = f"{ticket.ep.name}: {u}"
+                ticket.fail(Failure.UNANSWERED, str(u))
                 tried.append(ticket.ep)
                 unanswered = ticket.ep
                 resend = False
@@ -240,18 +240,18 @@ class Proxy:
                                          fresh=fresh)
         except NotConnected as e:
             raise _NotSent(str(e), down=e.down) from None
-        except OutOfFds as e:  # the gateway's shortage: the replica is not blamed
-            log.error("%s (raise the open-file limit)", e)
+        except OutOfFds as short:  # the gateway's shortage: the replica is not blamed
+            log.error("%s (raise the open-file limit)", short)
             ticket.count(503)
             return req.conn.respond(
                 503, [*JSON_CT, (b"Retry-After", b"1"), (b"X-Request-Id", rid)],
-                errors.body(f"the gateway is overloaded: {e}", "service_unavailable",
+                errors.body(f"the gateway is overloaded: {short}", "service_unavailable",
                             "gateway_overloaded"))
-        except Cut as e:  # it had the request (or may have)
-            if e.unanswered and resend:
+        except Cut as cut:  # it had the request (or may have)
+            if cut.unanswered and resend:
                 self.pool.close_address(host, port)  # its other idle ones are as stale
-                raise _Unanswered(str(e)) from None
-            return self._failed(req, ticket, rid, e)
+                raise _Unanswered(str(cut)) from None
+            return self._failed(req, ticket, rid, cut)
         try:
             status = up.status
             if status == 503:  # not ready (loading, sleeping, overloaded): not taken
@@ -266,8 +266,8 @@ class Proxy:
                 return await self._stream(req, ticket, up, out)
             try:  # mostly in with the head: taken without making a coroutine
                 body = up.take() if up.done else await up.read()
-            except Cut as e:
-                return self._failed(req, ticket, rid, e)
+            except Cut as cut:
+                return self._failed(req, ticket, rid, cut)
             ticket.complete(status, prompt_tokens=prompt_tokens_of(body),
                             cached_tokens=cached_tokens_of(body) if ticket.uncached >= 0 else -1)
             req.conn.respond(status, out, body)

@@ -100,7 +100,7 @@ def _least_per_weight(eps: tuple[Endpoint, ...], now: float) -> Endpoint:
 
 
 def _weight_of(group: Group, now: float) -> float:
-    return len(group.full) + sum(e.weight(now) for e in group.ramping)
+    return len(group.full) + sum((e.weight(now) for e in group.ramping), 0.0)  # (picker)
 
 
 class Affinity:

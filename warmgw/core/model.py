@@ -105,24 +105,24 @@ class Group:
 
     __slots__ = ("endpoints", "full", "pool", "ramping", "share", "uniform")
 
-    def __init__(self, pool: str, share: float, endpoints: tuple[Endpoint, ...]) -> None:
+    def __init__(self, pool: str, share: float, endpoints: tuple[Endpoint, ...],
+                 split: tuple[tuple[Endpoint, ...], tuple[Endpoint, ...]] | None = None
+                 ) -> None:
         self.pool = pool
         self.share = share
         self.endpoints = endpoints
         # at full weight (1) / with a weight that moves; a pick costs O(len(ramping))
-        self.full = tuple(e for e in endpoints if e.ramp is None)
-        self.ramping = tuple(e for e in endpoints if e.ramp is not None)
+        if split is None:
+            split = (tuple(e for e in endpoints if e.ramp is None),
+                     tuple(e for e in endpoints if e.ramp is not None))
+        self.full, self.ramping = split
         self.uniform = not self.ramping
 
     @classmethod
     def of(cls, pool: str, share: float, full: tuple[Endpoint, ...],
            ramping: tuple[Endpoint, ...]) -> Group:
         """A group from its members already split (the registry keeps them so)."""
-        g = cls.__new__(cls)
-        g.pool, g.share, g.full, g.ramping = pool, share, full, ramping
-        g.endpoints = full + ramping if ramping else full
-        g.uniform = not ramping
-        return g
+        return cls(pool, share, full + ramping if ramping else full, (full, ramping))
 
 
 @dataclass(frozen=True, slots=True)

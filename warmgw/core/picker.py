@@ -78,7 +78,7 @@ def least_loaded_split(
     """least_loaded's weighted draw in O(number of ramping endpoints), not O(all): the
     endpoints at full weight are drawn by index."""
     weights = [e.weight(now) for e in ramping]
-    total = len(full) + sum(weights)
+    total = len(full) + sum(weights, 0.0)  # 0.0: mypyc reads int + sum(floats) as an int
     a = _draw(full, ramping, weights, total, rng)
     b = _draw(full, ramping, weights, total, rng)
     if a is b:

@@ -64,7 +64,7 @@ class Transition:
     url: str = field(default="", compare=False)  # where the replica was, for the edges
 
 
-class UnknownEndpoint(KeyError):
+class UnknownEndpoint(LookupError):  # not KeyError: mypyc compiles no subclass of it
     def __str__(self) -> str:
         return f"no replica named {self.args[0]!r}"
 

@@ -54,14 +54,13 @@ class HttpProtocol(Connection):
     __slots__ = ("_body", "_body_size", "_head_began", "_head_bytes", "_head_cap",
                  "_head_open", "_head_seen", "_headers", "_in_body", "_limit", "_limit_at",
                  "_req", "_timer", "_timer_at", "_url",
-                 "parser", "pending", "reading_paused")
-
-    server: ProtocolHost
+                 "host", "parser", "pending", "reading_paused")
 
     _req: Request  # the request being read, from its head on
 
     def __init__(self, server: ProtocolHost) -> None:
         super().__init__(server)
+        self.host = server  # the server, with what the protocol alone takes of it
         self.parser = httptools.HttpRequestParser(self)
         self.pending: collections.deque[Request] = collections.deque()
         self.reading_paused = False
@@ -88,12 +87,12 @@ class HttpProtocol(Connection):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but have its methods
         self.transport = cast(asyncio.Transport, transport)
-        if len(self.server.connections) >= self.limits.max_connections:
-            self.server.refused += 1
-            if self.server.refused % 1000 == 1:  # the first, then every 1000th
+        if len(self.host.connections) >= self.limits.max_connections:
+            self.host.refused += 1
+            if self.host.refused % 1000 == 1:  # the first, then every 1000th
                 log.warning("client connections at the limit of %d: turned away %d so far "
                             "(clients.max_connections)", self.limits.max_connections,
-                            self.server.refused)
+                            self.host.refused)
             self.closing = True
             body = errors.body(f"the gateway has {self.limits.max_connections} client "
                                "connections open, its limit; retry", "service_unavailable",
@@ -104,12 +103,12 @@ class HttpProtocol(Connection):
             self.transport.write(b"".join(head) + body)
             self.transport.close()
             return
-        self.server.connections.add(self)
+        self.host.connections.add(self)
         self._idle()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
-        self.server.connections.discard(self)
+        self.host.connections.discard(self)
         self._drop_timer()
         self.pending.clear()
         super().connection_lost(exc)  # cancels the request in hand, fails a waiting write
@@ -206,7 +205,7 @@ class HttpProtocol(Connection):
                 expect = True
             elif kl == b"connection" or kl == b"proxy-connection":
                 connection = True
-        limit = self.server.max_body
+        limit = self.host.max_body
         if length is not None and length > limit:
             self._refuse(413, f"request body is larger than the limit of {limit} bytes",
                          "request_too_large", "invalid_request_error")
@@ -223,7 +222,7 @@ class HttpProtocol(Connection):
 
     def on_body(self, body: bytes) -> None:
         self._body_size += len(body)
-        limit = self.server.max_body
+        limit = self.host.max_body
         if self._body_size > limit:
             self._refuse(413, f"request body is larger than the limit of {limit} bytes",
                          "request_too_large", "invalid_request_error")

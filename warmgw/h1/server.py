@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import time
 from email.utils import formatdate
+from typing import Any
 
 from warmgw.config import ClientLimits
 from warmgw.h1.cycle import Connection, Handler, Request
@@ -59,7 +60,9 @@ class Server:
         self._server = await self.loop.create_server(
             lambda: HttpProtocol(self), host, port, reuse_address=True, backlog=1024
         )
-        return int(self._server.sockets[0].getsockname()[1])
+        # a list in uvloop, a tuple in typeshed: read untyped, or mypyc checks for a tuple
+        socks: Any = getattr(self._server, "sockets")  # noqa: B009
+        return int(socks[0].getsockname()[1])
 
     async def stop(self, timeout: float) -> None:
         """Stop accepting; close idle connections; give requests in flight up to timeout
