@@ -3,7 +3,7 @@ repeatable measure of its CPU for a shared, noisy machine, where CPU time moves 
 from run to run.
 
     PYTHONPATH=$PWD .venv/bin/python -m loadtest.instrcount [--requests N]
-        [--concurrency 1,16] [--modes json,stream] [--src DIR]
+        [--concurrency 1,16] [--modes json,stream] [--src DIR] [--target vllm-router]
 
 A simulated replica with no latency (as loadtest.overhead starts it), the gateway of this
 tree (or of --src DIR) under `valgrind --tool=callgrind --instr-atstart=no`, and a small
@@ -13,6 +13,12 @@ benchmark's request), and it is switched off and dumped; the dump's total over N
 figure. The gateway's background work in that window (probes, the Replicas task) is in
 it, a few tenths of a percent at most. The gateway runs about 50 times slower than
 natively: 2000 requests a cell take some 30 s.
+
+--target vllm-router (or sglang-router, envoy: a peer of loadtest.peers, started as the
+overhead benchmark starts it, one worker thread) counts a peer the same way, every thread
+of its process: what it runs in user space per request, beside the gateway's. Instructions
+are not CPU time (cache misses, and the kernel's share, which is alike for proxies making
+the same syscalls, are not in them), but unlike CPU time on a shared machine they repeat.
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ from pathlib import Path
 import yaml
 
 from loadtest.overhead import prompt_text
-from loadtest.procs import Children, free_port
+from loadtest.peers import BUILDS, Ports, default_dirs, find_binary
+from loadtest.procs import Child, Children, free_port
 from loadtest.targets import ReplicaSpec, gateway_config, start_replica
 
 
@@ -97,22 +104,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--src", type=Path, default=Path(__file__).resolve().parent.parent)
     p.add_argument("--keep", type=Path, help="copy each cell's dump there (for "
                    "callgrind_annotate), as MODE-C.callgrind")
+    p.add_argument("--target", default="warmgw", choices=["warmgw", "vllm-router",
+                                                          "sglang-router", "envoy"])
     a = p.parse_args(argv)
     cells = [(m, int(c)) for m in a.modes.split(",") for c in a.concurrency.split(",")]
     with tempfile.TemporaryDirectory() as tmp, Children(Path(tmp)) as kids:
         work = Path(tmp)
         replica = start_replica(kids, ReplicaSpec(max_tokens=8))
-        port = free_port()
-        config = work / "gw.yaml"
-        config.write_text(yaml.safe_dump(gateway_config(replica.url, port, "warm")))
         out = work / "callgrind.out"
-        gw = kids.start("warmgw", [
-            "valgrind", "--tool=callgrind", "--instr-atstart=no",
-            f"--callgrind-out-file={out}", sys.executable, "-m", "warmgw", "serve",
-            "--config", str(config)], env={**os.environ, "PYTHONPATH": str(a.src)},
-            cwd=a.src, grace=30.0)
-        gw.wait_http(f"http://127.0.0.1:{port}/readyz", 300.0)
+        valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                    f"--callgrind-out-file={out}"]
+        if a.target == "warmgw":
+            gw, port = _warmgw(kids, valgrind, replica.url, a.src)
+        else:
+            gw, port = _peer(kids, valgrind, replica.url, a.target)
         time.sleep(2.0)  # the warmup settles
+        print(f"{a.target}" + (f" ({a.src})" if a.target == "warmgw" else ""), flush=True)
         for mode, c in cells:
             data = _request(port, mode == "stream")
             asyncio.run(_load(port, data, max(200, 2 * c), c))
@@ -128,6 +135,34 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{mode:6} c={c:<3} {_total(out, 30.0, keep) / n:10.0f} instructions/request "
                   f"({n} requests, {wall:.1f} s)", flush=True)
     return 0
+
+
+def _warmgw(kids: Children, valgrind: list[str], replica: str, src: Path) -> tuple[Child, int]:
+    port = free_port()
+    config = kids.workdir / "gw.yaml"
+    config.write_text(yaml.safe_dump(gateway_config(replica, port, "warm")))
+    gw = kids.start("warmgw", [*valgrind, sys.executable, "-m", "warmgw", "serve", "--config",
+                               str(config)], env={**os.environ, "PYTHONPATH": str(src)},
+                    cwd=src, grace=30.0)
+    gw.wait_http(f"http://127.0.0.1:{port}/readyz", 300.0)
+    return gw, port
+
+
+def _peer(kids: Children, valgrind: list[str], replica: str, name: str) -> tuple[Child, int]:
+    binary, build = BUILDS[name]
+    exe = find_binary(binary, default_dirs())
+    if exe is None:
+        raise SystemExit(f"{name} is not installed (scripts/install-peers.sh)")
+    d = kids.workdir / name
+    d.mkdir()
+    ports = Ports(free_port(), free_port())
+    launch = build(exe, d, replica, ports)
+    for fname, text in launch.files.items():
+        (d / fname).write_text(text)
+    child = kids.start(name, [*valgrind, *launch.argv], env={**os.environ, **launch.env},
+                       grace=30.0)
+    child.wait_http(f"http://127.0.0.1:{ports.listen}{launch.ready_path}", 300.0)
+    return child, ports.listen
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import platform
 import runpy
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -74,7 +75,7 @@ def build(src: Path) -> dict[str, Any]:
             "compilable": len(ns["MODULES"]), "stale": ns["stale"]()}
 
 
-def build_label(t: dict[str, Any]) -> str:
+def build_label(t: Mapping[str, Any]) -> str:
     if not t["compilable"]:
         return "interpreted"
     if t["compiled"] == t["compilable"]:

@@ -235,10 +235,12 @@ def starter(name: str, binary: str, build: Builder) -> Starter:
     return start
 
 
-PEERS: dict[str, Starter] = {
-    "nginx": starter("nginx", "nginx", nginx),
-    "haproxy": starter("haproxy", "haproxy", haproxy),
-    "envoy": starter("envoy", "envoy", envoy),
-    "vllm-router": starter("vllm-router", "vllm-router", vllm_router),
-    "sglang-router": starter("sglang-router", "sglang-router", sglang_router),
+BUILDS: dict[str, tuple[str, Builder]] = {  # name: (binary, how it is started)
+    "nginx": ("nginx", nginx),
+    "haproxy": ("haproxy", haproxy),
+    "envoy": ("envoy", envoy),
+    "vllm-router": ("vllm-router", vllm_router),
+    "sglang-router": ("sglang-router", sglang_router),
 }
+PEERS: dict[str, Starter] = {name: starter(name, binary, build)
+                             for name, (binary, build) in BUILDS.items()}
