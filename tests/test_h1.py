@@ -14,8 +14,9 @@ import pytest
 import pytest_asyncio
 
 from warmgw.config import ClientLimits
-from warmgw.h1.client import READ_AHEAD, Pool
+from warmgw.h1.client import READ_AHEAD
 from warmgw.h1.failures import Cut, NotConnected
+from warmgw.h1.pool import Pool
 from warmgw.h1.server import Request, Server
 
 pytestmark = pytest.mark.timeout(30)

@@ -8,7 +8,8 @@ import asyncio
 
 import pytest
 
-from warmgw.h1.client import READ_AHEAD, Pool, Response
+from warmgw.h1.client import READ_AHEAD, Response
+from warmgw.h1.pool import Pool
 
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
 

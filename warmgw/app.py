@@ -36,7 +36,7 @@ from warmgw.discovery.kapi import KubeApi, default_identity, own_namespace
 from warmgw.discovery.kube import KubeDiscovery
 from warmgw.discovery.static import StaticDiscovery
 from warmgw.epp.server import EndpointPicker
-from warmgw.h1.client import Pool
+from warmgw.h1.pool import Pool
 from warmgw.listener import UserListener
 from warmgw.loopsteps import LoopSteps
 from warmgw.policy.configmap import ConfigMapStore

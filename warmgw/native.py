@@ -20,10 +20,11 @@ import importlib
 import importlib.machinery
 from pathlib import Path
 
-# the HTTP/1.1 layer, the proxy, the user listener and the routing core (pure logic)
+# the HTTP/1.1 layer, the proxy and its streams, the user listener and the routing core
 MODULES = (
-    "warmgw.h1.client", "warmgw.h1.cycle", "warmgw.h1.failures", "warmgw.h1.protocol",
-    "warmgw.h1.server", "warmgw.proxy", "warmgw.listener",
+    "warmgw.h1.client", "warmgw.h1.cycle", "warmgw.h1.failures", "warmgw.h1.pool",
+    "warmgw.h1.protocol", "warmgw.h1.server", "warmgw.proxy", "warmgw.stream",
+    "warmgw.listener",
     "warmgw.core.affinity", "warmgw.core.bluegreen", "warmgw.core.clock",
     "warmgw.core.events", "warmgw.core.facts", "warmgw.core.keep", "warmgw.core.lifecycle",
     "warmgw.core.model", "warmgw.core.picker", "warmgw.core.policy", "warmgw.core.prefix",

@@ -37,10 +37,11 @@ from warmgw.core.lifecycle import State
 from warmgw.core.model import Endpoint, Route, Snapshot
 from warmgw.core.registry import Transition
 from warmgw.core.routing import Failure, Router, Ticket
-from warmgw.h1.client import Pool, Response
 from warmgw.h1.failures import Cut, NotConnected, OutOfFds
-from warmgw.h1.server import Connection, Request
+from warmgw.h1.pool import Pool
+from warmgw.h1.server import Request
 from warmgw.replicas import Replica
+from warmgw.stream import stream
 
 log = logging.getLogger("warmgw.proxy")
 
@@ -263,7 +264,7 @@ class Proxy:
             out.append((b"X-Request-Id", rid))
             out.append((b"X-Warmgw-Replica", ep.name.encode()))
             if up.length is None and not up.done:
-                return await self._stream(req, ticket, up, out)
+                return await stream(req.conn, ticket, up, out)
             try:  # mostly in with the head: taken without making a coroutine
                 body = up.take() if up.done else await up.read()
             except Cut as cut:
@@ -282,69 +283,6 @@ class Proxy:
                                 (b"X-Warmgw-Replica", ep.name.encode())],
                          errors.body(f"replica {ep.name} failed before answering: {e}",
                                      "upstream_error", "upstream_failed"))
-
-    async def _stream(self, req: Request, ticket: Ticket, up: Response,
-                      out: list[tuple[bytes, bytes]]) -> None:
-        """Pass the body through as it comes. Errors writing to the client are the client's
-        (it left: 499) and end here; errors reading from the replica count against it."""
-        conn = req.conn
-        sse = up.content_type.startswith(b"text/event-stream")
-        # what of the body came with the head goes out with it, and the body's end with its
-        # last piece: one write to the client for what came in one read
-        last = up.take()
-        ended = up.done  # (read right after a take: nothing is left to come)
-        if last:
-            ticket.first_byte()
-        try:
-            conn.start(up.status, out, last, ended)
-        except ConnectionResetError:
-            ticket.left()
-            return
-        while not ended:
-            try:
-                chunk = await up.chunk()
-            except Cut as e:
-                return await self._cut(conn, ticket, sse, last or b"\n\n", e)
-            if not chunk:
-                break
-            if not last:
-                ticket.first_byte()
-            ended = up.done
-            try:
-                if conn.send(chunk, ended):
-                    await conn.drain()  # cut by the server if the client stops reading
-            except ConnectionResetError:  # the client left; leaving closes the upstream
-                ticket.left()
-                return
-            last = chunk
-        try:
-            conn.end()
-        except ConnectionResetError:
-            ticket.left()
-            return
-        ticket.complete(up.status, streamed=True, prompt_tokens=prompt_tokens_of(last),
-                        cached_tokens=cached_tokens_of(last) if ticket.uncached >= 0 else -1)
-
-    async def _cut(self, conn: Connection, ticket: Ticket, sse: bool, last: bytes,
-                   e: Cut) -> None:
-        """The replica failed after the response began. An SSE stream ends with an error
-        event (its own event even if the replica stopped mid-event), so clients raise an
-        error instead of taking a short answer for a whole one; any other body is cut off
-        (no final chunk), which is how HTTP says the same."""
-        ep = ticket.ep
-        code = 504 if e.timeout else 502
-        ticket.fail(Failure.TAKEN, f"stream cut: {e}", code)
-        log.debug("replica %s cut a stream: %s", ep.name, e)
-        if sse:
-            msg = f"replica {ep.name} failed mid-stream: {e}"
-            event = errors.sse_event(msg, "upstream_error", code)
-            try:
-                await conn.write(event if last.endswith(b"\n\n") else b"\n\n" + event)
-                conn.end()
-                return
-            except ConnectionResetError:
-                pass
-        conn.abort()
 
     # -- models -----------------------------------------------------------------------------
 

@@ -1,12 +1,15 @@
-"""The upstream side: HTTP/1.1 to the replicas over pooled keep-alive connections.
+"""The upstream side: HTTP/1.1 to the replicas, one connection (Response) each, kept by
+warmgw.h1.pool.Pool.
 
 A request either is not taken (the connection could not be made: `NotConnected`, safe to try
 another replica) or is taken, after which anything that goes wrong (a reset, an early close,
 broken HTTP, no byte within read_timeout) is a `Cut`. A Cut before any byte of the answer
 came back, not by a timeout, is `unanswered` (the proxy may send it once more); any other
-Cut is final. A response's body is read whole (read()) or chunk by chunk as it arrives;
-for the latter, reading from the replica pauses while more than READ_AHEAD bytes wait for a
-slow client. Waiting for the replica resumes it: the read timeout counts from there.
+Cut is final. A response's body is read whole (read()), chunk by chunk as it arrives
+(chunk(); reading from the replica pauses while more than READ_AHEAD bytes wait for a slow
+client), or handed to a relay as each read brings it (relayed(): a stream passed on with no
+wake-up of the reader a piece; the relay pauses reading when its client is full). Waiting
+for the replica resumes reading: the read timeout counts from there.
 
 A connection has one lazy timer for its two limits (the read timeout while a response is
 due, the pool's keep-alive bound while it is idle): a limit moves a deadline, the timer is
@@ -18,22 +21,38 @@ each limit of each request cost about 3 us of CPU a request.
 from __future__ import annotations
 
 import asyncio
-import errno
 import socket
-from typing import cast
+from collections.abc import Callable
+from typing import Protocol, cast
 
 import httptools
 
-from warmgw.h1.failures import Cut, NotConnected, OutOfFds
+from warmgw.h1.failures import Cut
 
 READ_AHEAD = 256 * 1024
 READ, IDLE = 1, 2  # the limits a connection's timer keeps
+
+# takes each piece of a body as it comes (and whether it is the last): True when whoever
+# it passes them to cannot take more now (reading pauses until relayed() is awaited again)
+Relay = Callable[[bytes, bool], bool]
+
+
+class Owner(Protocol):
+    """What a connection takes from its pool (warmgw.h1.pool.Pool)."""
+
+    loop: asyncio.AbstractEventLoop
+
+    def keep(self, conn: Response) -> None: ...
+
+    def expire(self, conn: Response) -> None: ...
+
+    def forget(self, conn: Response) -> None: ...
 
 
 class Response(asyncio.Protocol):
     """One connection to a replica, and the response being read on it."""
 
-    def __init__(self, pool: Pool, key: tuple[str, int]) -> None:
+    def __init__(self, pool: Owner, key: tuple[str, int]) -> None:
         self.pool = pool
         self.key = key
         self.loop = pool.loop
@@ -49,6 +68,7 @@ class Response(asyncio.Protocol):
         self._chunks: list[bytes] = []  # never replaced: emptied in place (on_body)
         # llhttp's body callback (per chunk): a C call, not a method; data_received does the rest
         self.on_body = self._chunks.append
+        self.relay: Relay | None = None  # set: the body goes there as it comes (relayed())
         self._parser = httptools.HttpResponseParser(self)
         self._stale = False  # the parser saw a response begin after the last one's end
         self._buffered = 0
@@ -86,12 +106,14 @@ class Response(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.abort()
             return
-        if len(chunks) > had and not self.done:  # body came (on_body); at the end: woken
+        if len(chunks) > had and self.relay is not None:  # passed on at once: no wake-up
+            if self.relay(self.take(), self.done) and not self.done:
+                self._pause()  # its client is slow: the task drains it, then reads on
+                self._wake()
+        elif len(chunks) > had and not self.done:  # body came (on_body); at the end: woken
             self._buffered += sum(map(len, chunks[had:] if had else chunks))
-            if (self._buffered > READ_AHEAD and not (self._paused or self._whole)
-                    and self.transport is not None):
-                self.transport.pause_reading()
-                self._paused = True
+            if self._buffered > READ_AHEAD and not (self._paused or self._whole):
+                self._pause()
             if self._waiter is not None:  # a stream's pieces mostly come with none waiting
                 self._wake()
 
@@ -168,6 +190,15 @@ class Response(asyncio.Protocol):
             self._resume()
         return data
 
+    async def relayed(self) -> None:
+        """With a relay set: until the body's end, or until the relay could not take more
+        (reading paused: drain its client, then await this again). Not a wake-up a piece."""
+        while not self.done:
+            await self._wait()  # resumes reading if it was paused
+            self._check()
+            if self._paused:
+                return
+
     async def read(self) -> bytes:
         """The whole body, at its end. Nothing of it is taken before, so reading must not
         pause for it (it waited forever for a body over READ_AHEAD and the socket buffers)."""
@@ -190,6 +221,11 @@ class Response(asyncio.Protocol):
     def _check(self) -> None:
         if self._error is not None and not (self.done and self._headed):
             raise self._error
+
+    def _pause(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+            self._paused = True
 
     def _resume(self) -> None:
         """Read again after a pause, which was the client's time: the read timeout counts
@@ -296,101 +332,9 @@ class Response(asyncio.Protocol):
             self._parser = httptools.HttpResponseParser(self)
             self._stale = False
         self._chunks.clear()
+        self.relay = None
         self._buffered = 0
         self._whole = False
         self._headed = False
         self.done = False
         self._error = None
-
-
-class Pool:
-    """Keep-alive connections per replica address, closed after `keepalive` s idle (below
-    the replica's own idle timeout, so it never closes one as it is being reused)."""
-
-    def __init__(self, connect_timeout: float, read_timeout: float, keepalive: float) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.connect_timeout = connect_timeout
-        self.read_timeout = read_timeout
-        self.keepalive = keepalive
-        self.idle: dict[tuple[str, int], list[Response]] = {}
-        self.closed = False
-
-    async def request(self, host: str, port: int, data: bytes, head_only: bool = False,
-                      fresh: bool = False) -> Response:
-        """Send a request; return once the response head is in. fresh: on a new
-        connection, not a pooled one."""
-        key = (host, port)
-        conn = None
-        idle = None if fresh else self.idle.get(key)
-        while idle:
-            c = idle.pop()
-            c.reused()
-            if not c.lost:
-                conn = c
-                break
-        if conn is None:
-            conn = await self._connect(key)
-        else:
-            conn.reset_for_reuse()
-        try:
-            conn.send(data, head_only, self.read_timeout)
-            while not conn._headed:  # the head, awaited here: a coroutine less a request
-                await conn._wait()
-                conn._check()
-        except BaseException:
-            conn.lost = True
-            if conn.transport is not None:
-                conn.transport.abort()
-            raise
-        return conn
-
-    async def _connect(self, key: tuple[str, int]) -> Response:
-        try:
-            async with asyncio.timeout(self.connect_timeout):
-                _, conn = await self.loop.create_connection(
-                    lambda: Response(self, key), key[0], key[1]
-                )
-        except TimeoutError:
-            raise NotConnected("connect timed out", down=False) from None
-        except OSError as e:
-            if e.errno in (errno.EMFILE, errno.ENFILE):  # ours, not the replica's
-                raise OutOfFds(f"the gateway is out of file descriptors: {e.strerror}"
-                               ) from None
-            raise NotConnected(f"cannot connect to {key[0]}:{key[1]}: "
-                               f"{e.strerror or e}", down=True) from None
-        return conn
-
-    def keep(self, conn: Response) -> None:
-        if self.closed or conn.transport is None:
-            if conn.transport is not None:
-                conn.transport.close()
-            return
-        conn.idle(self.loop.time() + self.keepalive)
-        self.idle.setdefault(conn.key, []).append(conn)
-
-    def expire(self, conn: Response) -> None:
-        """conn was idle for keepalive s: closed."""
-        self.forget(conn)
-        if conn.transport is not None:
-            conn.lost = True
-            conn.transport.close()
-
-    def forget(self, conn: Response) -> None:
-        idle = self.idle.get(conn.key)
-        if idle and conn in idle:
-            idle.remove(conn)
-            if not idle:
-                del self.idle[conn.key]
-
-    def close_address(self, host: str, port: int) -> None:
-        """Close the idle connections to one address (a replica that is gone)."""
-        for conn in self.idle.pop((host, port), []):
-            conn.drop_timer()
-            if conn.transport is not None:
-                conn.lost = True
-                conn.transport.close()
-
-    async def close(self) -> None:
-        self.closed = True
-        for key in list(self.idle):
-            self.close_address(*key)
