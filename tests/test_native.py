@@ -1,11 +1,16 @@
-"""warmgw.native: which extensions are stale, and how a benchmark names a tree's build."""
+"""warmgw.native and setup.py: which extensions are stale, how a benchmark names a tree's
+build, and the build without a C compiler."""
 
 from __future__ import annotations
 
 import importlib.machinery
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from loadtest import overhead_meta
 from warmgw import native
@@ -59,3 +64,27 @@ def test_a_tree_from_before_the_compiled_request_path_is_interpreted(tmp_path: P
     (tmp_path / "warmgw").mkdir()
     t = overhead_meta.tree(tmp_path)
     assert overhead_meta.build_label(t) == "interpreted" and t["stale"] == []
+
+
+def _build(tree: Path, mode: str) -> subprocess.CompletedProcess[str]:
+    """setup.py build_ext --inplace in a copy of the project, with a C compiler that fails."""
+    env = {**os.environ, "CC": "/bin/false", "WARMGW_BUILD_NATIVE": mode}
+    return subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
+                          cwd=tree, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.timeout(300)
+def test_without_a_compiler_the_build_falls_back_to_the_sources_unless_told_not_to(
+        tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parent.parent
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy(repo / name, tmp_path / name)
+    shutil.copytree(repo / "warmgw", tmp_path / "warmgw",
+                    ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    auto = _build(tmp_path, "auto")
+    assert auto.returncode == 0, auto.stderr[-2000:]
+    assert "building the pure-Python package" in auto.stderr
+    assert not list((tmp_path / "warmgw").rglob("*.so"))  # nothing half built is left
+    strict = _build(tmp_path, "1")
+    assert strict.returncode != 0
+    assert not list((tmp_path / "warmgw").rglob("*.so"))
