@@ -32,13 +32,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import yaml
 
 from loadtest.overhead import prompt_text
-from loadtest.peers import BUILDS, Ports, default_dirs, find_binary
-from loadtest.procs import Child, Children, free_port
-from loadtest.targets import ReplicaSpec, gateway_config, start_replica
+from loadtest.peers import BUILDS, starter
+from loadtest.procs import Children, free_port
+from loadtest.targets import ReplicaSpec, Unavailable, gateway_config, start_replica
 
 
 def _request(port: int, stream: bool) -> bytes:
@@ -115,21 +116,21 @@ def main(argv: list[str] | None = None) -> int:
         valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
                     f"--callgrind-out-file={out}"]
         if a.target == "warmgw":
-            gw, port = _warmgw(kids, valgrind, replica.url, a.src)
+            pid, port = _warmgw(kids, valgrind, replica.url, a.src)
         else:
-            gw, port = _peer(kids, valgrind, replica.url, a.target)
+            pid, port = _peer(kids, valgrind, replica.url, a.target)
         time.sleep(2.0)  # the warmup settles
         print(f"{a.target}" + (f" ({a.src})" if a.target == "warmgw" else ""), flush=True)
         for mode, c in cells:
             data = _request(port, mode == "stream")
             asyncio.run(_load(port, data, max(200, 2 * c), c))
             _total(out)  # drop earlier dumps
-            _callgrind("-i", "on", str(gw.pid))
+            _callgrind("-i", "on", str(pid))
             t0 = time.monotonic()
             asyncio.run(_load(port, data, a.requests, c))
             wall = time.monotonic() - t0
-            _callgrind("-i", "off", str(gw.pid))
-            _callgrind("-d", str(gw.pid))
+            _callgrind("-i", "off", str(pid))
+            _callgrind("-d", str(pid))
             n = a.requests // c * c
             keep = a.keep / f"{mode}-{c}.callgrind" if a.keep else None
             print(f"{mode:6} c={c:<3} {_total(out, 30.0, keep) / n:10.0f} instructions/request "
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _warmgw(kids: Children, valgrind: list[str], replica: str, src: Path) -> tuple[Child, int]:
+def _warmgw(kids: Children, valgrind: list[str], replica: str, src: Path) -> tuple[int, int]:
     port = free_port()
     config = kids.workdir / "gw.yaml"
     config.write_text(yaml.safe_dump(gateway_config(replica, port, "warm")))
@@ -145,24 +146,15 @@ def _warmgw(kids: Children, valgrind: list[str], replica: str, src: Path) -> tup
                                str(config)], env={**os.environ, "PYTHONPATH": str(src)},
                     cwd=src, grace=30.0)
     gw.wait_http(f"http://127.0.0.1:{port}/readyz", 300.0)
-    return gw, port
+    return gw.pid, port
 
 
-def _peer(kids: Children, valgrind: list[str], replica: str, name: str) -> tuple[Child, int]:
+def _peer(kids: Children, valgrind: list[str], replica: str, name: str) -> tuple[int, int]:
     binary, build = BUILDS[name]
-    exe = find_binary(binary, default_dirs())
-    if exe is None:
-        raise SystemExit(f"{name} is not installed (scripts/install-peers.sh)")
-    d = kids.workdir / name
-    d.mkdir()
-    ports = Ports(free_port(), free_port())
-    launch = build(exe, d, replica, ports)
-    for fname, text in launch.files.items():
-        (d / fname).write_text(text)
-    child = kids.start(name, [*valgrind, *launch.argv], env={**os.environ, **launch.env},
-                       grace=30.0)
-    child.wait_http(f"http://127.0.0.1:{ports.listen}{launch.ready_path}", 300.0)
-    return child, ports.listen
+    t = starter(name, binary, build, wrap=valgrind, ready_timeout=300.0)(kids, replica)
+    if isinstance(t, Unavailable):
+        raise SystemExit(f"{name}: {t.note}")
+    return t.pids[0], int(urlsplit(t.url).port or 0)
 
 
 if __name__ == "__main__":

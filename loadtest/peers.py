@@ -207,9 +207,11 @@ def _two_ports() -> Ports:
 # -- starting one -------------------------------------------------------------------------
 
 
-def starter(name: str, binary: str, build: Builder) -> Starter:
-    """A Starter that finds binary, writes build's files into workdir/NAME and runs it.
-    Not found, or not ready in READY_TIMEOUT: Unavailable (the child is stopped)."""
+def starter(name: str, binary: str, build: Builder, wrap: Sequence[str] = (),
+            ready_timeout: float = READY_TIMEOUT) -> Starter:
+    """A Starter that finds binary, writes build's files into workdir/NAME and runs it
+    (under wrap, e.g. valgrind, if given). Not found, or not ready in ready_timeout:
+    Unavailable (the child is stopped)."""
 
     def start(kids: Children, replica_url: str) -> Target | Unavailable:
         exe = find_binary(binary, default_dirs())
@@ -222,10 +224,10 @@ def starter(name: str, binary: str, build: Builder) -> Starter:
         for fname, text in launch.files.items():
             (d / fname).write_text(text)
         env = {**os.environ, **launch.env} if launch.env else None
-        child = kids.start(name, launch.argv, env=env)
+        child = kids.start(name, [*wrap, *launch.argv], env=env)
         url = f"http://127.0.0.1:{ports.listen}"
         try:
-            child.wait_http(url + launch.ready_path, READY_TIMEOUT)
+            child.wait_http(url + launch.ready_path, ready_timeout)
         except ChildFailed as e:
             child.stop()
             first, *tail = str(e).splitlines()  # "NAME exited with 1:", its log's last lines
