@@ -14,7 +14,6 @@ import pytest
 import pytest_asyncio
 
 from warmgw.config import ClientLimits
-from warmgw.h1.client import READ_AHEAD
 from warmgw.h1.failures import Cut, NotConnected
 from warmgw.h1.pool import Pool
 from warmgw.h1.server import Request, Server
@@ -107,19 +106,13 @@ async def test_the_pool_reuses_a_connection_and_expires_it(server):
     first.release()
     second = await pool.request("127.0.0.1", port, req)
     assert second is first  # the same connection, kept alive
-    s = b""
-    while chunk := await second.chunk():
-        s += chunk
-    assert s == b"GET /one 0"
+    assert await second.read() == b"GET /one 0"
     second.release()
     await asyncio.sleep(0.5)
     assert not pool.idle  # expired after keepalive
     third = await pool.request("127.0.0.1", port, b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
     assert third is not first and third.length is None
-    got = b""
-    while chunk := await third.chunk():
-        got += chunk
-    assert got == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
+    assert await third.read() == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"  # chunked, whole
     third.release()
     await pool.close()
 
@@ -151,34 +144,42 @@ async def test_a_silent_replica_is_a_cut_after_the_read_timeout():
 
 
 async def test_a_pause_for_a_slow_reader_is_not_counted_against_the_replica() -> None:
-    """Reading pauses while more than READ_AHEAD bytes of a stream wait to be taken: that is
-    the client's time. Once they are taken the replica has a whole read timeout again (the
-    timer's next tick used to cut it, counting the pause against it)."""
+    """Reading pauses while the relay's client is full: that is the client's time. Once the
+    relay's task reads on, the replica has a whole read timeout again (the timer's next
+    tick used to cut it, counting the pause against it)."""
     pool = Pool(connect_timeout=1.0, read_timeout=1.0, keepalive=1.0)
     loop = asyncio.get_running_loop()
-    piece = b"x" * (READ_AHEAD + 1)  # the pause comes with its last byte: none left unread
+    piece = b"x" * 1000
+    got: list[bytes] = []
+    full = True
+
+    def relay(data: bytes, end: bool) -> bool:
+        got.append(data)
+        return full  # True: its client's socket is full
+
     with socket_listener() as (port, accept):
         task = asyncio.create_task(pool.request("127.0.0.1", port, b"GET / HTTP/1.1\r\n\r\n"))
         conn = await accept()
         with conn:  # closed however the test ends
             conn.setblocking(False)
             await loop.sock_recv(conn, 1024)
-            await loop.sock_sendall(conn, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-                                          b"%x\r\n%b\r\n" % (len(piece), piece))
+            await loop.sock_sendall(conn, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
             up = await task
-            await asyncio.sleep(2.5)  # nothing taken: the timer ticks at 1, 2 and 3 s
-            assert up._paused
-            got = up.take()
+            up.relay = relay
+            await loop.sock_sendall(conn, b"%x\r\n%b\r\n" % (len(piece), piece))
+            await up.relayed()  # woken: the relay's client is full
+            assert up._paused and got == [piece]
+            await asyncio.sleep(2.5)  # the timer ticks at 1, 2 and 3 s
+            full = False
 
-            async def the_end() -> None:  # after the tick at 3 s, within 1 s of the take
+            async def the_end() -> None:  # after the tick at 3 s, within 1 s of reading on
                 await asyncio.sleep(0.75)
                 await loop.sock_sendall(conn, b"3\r\nend\r\n0\r\n\r\n")
 
             end = asyncio.create_task(the_end())
-            while chunk := await up.chunk():
-                got += chunk
+            await up.relayed()  # reads on, to the end
             await end
-            assert got == piece + b"end"
+            assert up.done and b"".join(got) == piece + b"end"
             up.release()
     await pool.close()
 

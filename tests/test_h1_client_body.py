@@ -1,6 +1,6 @@
 """The upstream Response's body bookkeeping: llhttp appends each piece straight to the
-chunk list, and data_received accounts for a read's pieces at once (read-ahead pause,
-waking a reader)."""
+chunk list, and data_received hands a read's pieces to the relay at once (pausing while the
+relay's client is full), or keeps them for read() without waking anyone."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from warmgw.h1.client import READ_AHEAD, Response
+from warmgw.h1.client import Response
 from warmgw.h1.pool import Pool
 
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -42,31 +42,48 @@ def response() -> tuple[Response, FakeTransport]:
 
 
 @pytest.mark.asyncio
-async def test_pieces_over_the_read_ahead_pause_reading_until_taken() -> None:
+async def test_a_read_s_pieces_go_to_the_relay_at_once_and_a_full_client_pauses_reading(
+) -> None:
     r, t = response()
-    piece = b"x" * (READ_AHEAD // 4)
-    r.data_received(HEAD + chunk(piece) + chunk(piece))
-    assert t.paused == 0
-    r.data_received(chunk(piece) + chunk(piece) + chunk(b"y"))  # READ_AHEAD + 1 buffered
+    r.data_received(HEAD)
+    got: list[tuple[bytes, bool]] = []
+    full = False
+
+    def relay(data: bytes, end: bool) -> bool:
+        got.append((data, end))
+        return full
+
+    r.relay = relay
+    waiter = asyncio.ensure_future(r.relayed())
+    await asyncio.sleep(0)
+    r.data_received(chunk(b"a") + chunk(b"b"))  # one read, one piece for the relay
+    await asyncio.sleep(0)
+    assert got == [(b"ab", False)] and not waiter.done() and t.paused == 0  # no wake-up
+    full = True
+    r.data_received(chunk(b"c"))
     assert t.paused == 1
-    assert r.take() == piece * 4 + b"y"
-    assert t.resumed == 1
-    r.data_received(chunk(b"z") + b"0\r\n\r\n")
-    assert r.done and r.take() == b"z"
+    await asyncio.wait_for(waiter, 1.0)  # woken: its client is full
+    full = False
+    waiter = asyncio.ensure_future(r.relayed())
+    await asyncio.sleep(0)
+    assert t.resumed == 1  # awaited again: reading goes on
+    r.data_received(chunk(b"d") + b"0\r\n\r\n")  # the end with the last piece
+    await asyncio.wait_for(waiter, 1.0)
+    assert r.done and got[-1] == (b"d", True) and r.take() == b""
     r.drop_timer()
 
 
 @pytest.mark.asyncio
-async def test_a_piece_wakes_a_reader_and_the_list_is_reused() -> None:
+async def test_without_a_relay_the_body_waits_for_read_and_the_list_is_reused() -> None:
     r, _ = response()
     r.data_received(HEAD)
-    reader = asyncio.ensure_future(r.chunk())
+    reader = asyncio.ensure_future(r.read())
     await asyncio.sleep(0)
-    assert not reader.done()
     r.data_received(chunk(b"a") + chunk(b"b"))
-    assert await asyncio.wait_for(reader, 1.0) == b"ab"
-    r.data_received(chunk(b"c") + b"0\r\n\r\n")  # the end with it: taken whole
-    assert r.done and await r.chunk() == b"c" and await r.chunk() == b""
+    await asyncio.sleep(0)
+    assert not reader.done()  # pieces do not wake it: the end does
+    r.data_received(chunk(b"c") + b"0\r\n\r\n")
+    assert await asyncio.wait_for(reader, 1.0) == b"abc"
     r.reset_for_reuse()
     r.send(b"GET / HTTP/1.1\r\n\r\n", False, 30.0)
     r.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc")

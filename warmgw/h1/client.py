@@ -5,11 +5,10 @@ A request either is not taken (the connection could not be made: `NotConnected`,
 another replica) or is taken, after which anything that goes wrong (a reset, an early close,
 broken HTTP, no byte within read_timeout) is a `Cut`. A Cut before any byte of the answer
 came back, not by a timeout, is `unanswered` (the proxy may send it once more); any other
-Cut is final. A response's body is read whole (read()), chunk by chunk as it arrives
-(chunk(); reading from the replica pauses while more than READ_AHEAD bytes wait for a slow
-client), or handed to a relay as each read brings it (relayed(): a stream passed on with no
-wake-up of the reader a piece; the relay pauses reading when its client is full). Waiting
-for the replica resumes reading: the read timeout counts from there.
+Cut is final. A response's body is read whole (read(), woken at its end only) or handed
+to a relay as each read brings it (relayed(): a stream passed on with no wake-up of the
+reader a piece; reading pauses while the relay's client is full). Waiting for the replica
+resumes reading: the read timeout counts from there.
 
 A connection has one lazy timer for its two limits (the read timeout while a response is
 due, the pool's keep-alive bound while it is idle): a limit moves a deadline, the timer is
@@ -29,7 +28,6 @@ import httptools
 
 from warmgw.h1.failures import Cut
 
-READ_AHEAD = 256 * 1024
 READ, IDLE = 1, 2  # the limits a connection's timer keeps
 
 # takes each piece of a body as it comes (and whether it is the last): True when whoever
@@ -71,9 +69,7 @@ class Response(asyncio.Protocol):
         self.relay: Relay | None = None  # set: the body goes there as it comes (relayed())
         self._parser = httptools.HttpResponseParser(self)
         self._stale = False  # the parser saw a response begin after the last one's end
-        self._buffered = 0
         self._paused = False
-        self._whole = False  # read() takes the body at its end: no pause for it
         self._headed = False
         self.done = False
         self._error: Exception | None = None
@@ -106,15 +102,11 @@ class Response(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.abort()
             return
-        if len(chunks) > had and self.relay is not None:  # passed on at once: no wake-up
+        # body came (on_body): a relay takes it at once (no wake-up); else it waits for
+        # read(), which on_message_complete wakes
+        if len(chunks) > had and self.relay is not None:
             if self.relay(self.take(), self.done) and not self.done:
                 self._pause()  # its client is slow: the task drains it, then reads on
-                self._wake()
-        elif len(chunks) > had and not self.done:  # body came (on_body); at the end: woken
-            self._buffered += sum(map(len, chunks[had:] if had else chunks))
-            if self._buffered > READ_AHEAD and not (self._paused or self._whole):
-                self._pause()
-            if self._waiter is not None:  # a stream's pieces mostly come with none waiting
                 self._wake()
 
     def eof_received(self) -> bool | None:
@@ -171,23 +163,11 @@ class Response(asyncio.Protocol):
         self.arm(now + read_timeout)
         self.transport.write(data)
 
-    async def chunk(self) -> bytes:
-        """The next piece of the body as it came; b"" at its end."""
-        while not self._chunks:
-            if self.done:
-                return b""
-            await self._wait()
-            self._check()
-        return self.take()
-
     def take(self) -> bytes:
         """What came of the body and was not taken yet, without waiting (b"": nothing)."""
         chunks = self._chunks
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         chunks.clear()
-        self._buffered = 0
-        if self._paused:
-            self._resume()
         return data
 
     async def relayed(self) -> None:
@@ -200,9 +180,8 @@ class Response(asyncio.Protocol):
                 return
 
     async def read(self) -> bytes:
-        """The whole body, at its end. Nothing of it is taken before, so reading must not
-        pause for it (it waited forever for a body over READ_AHEAD and the socket buffers)."""
-        self._whole = True
+        """The whole body, at its end (reading never pauses for it: nothing of it is taken
+        before)."""
         while not self.done:
             await self._wait()
             self._check()
@@ -333,8 +312,6 @@ class Response(asyncio.Protocol):
             self._stale = False
         self._chunks.clear()
         self.relay = None
-        self._buffered = 0
-        self._whole = False
         self._headed = False
         self.done = False
         self._error = None
